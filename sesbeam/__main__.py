@@ -1,0 +1,7 @@
+"""``python -m sesbeam`` is the ``sesbeam`` command."""
+
+import sys
+
+from sesbeam.pipeline.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Pipelines (batch, streaming), their options and the command line."""

@@ -1,0 +1,44 @@
+"""Pipeline options of sesbeam's pipelines (every other flag goes to Beam)."""
+
+from __future__ import annotations
+
+import re
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+__all__ = ["BatchOptions", "parse_duration"]
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*$")
+
+
+def parse_duration(text: str) -> int:
+    """Seconds in ``30s``, ``15m``, ``1h``, ``1d``, ``1w`` (a bare number is seconds)."""
+    m = _DURATION.match(str(text))
+    if not m or int(m.group(1)) <= 0:
+        raise ValueError(f"not a duration: {text!r} (use e.g. 30s, 15m, 1h, 1d, 1w)")
+    return int(m.group(1)) * _UNITS[m.group(2) or "s"]
+
+
+class BatchOptions(PipelineOptions):
+    """Options of ``sesbeam batch``."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument(
+            "--input", action="append", default=None,
+            help="Archive location: a file, a directory or s3://bucket/prefix (read "
+                 "recursively), or a glob (** crosses directories). Repeat for several.")
+        parser.add_argument(
+            "--output", default=None,
+            help="Output root, local or s3://. Tables go to OUT/<table>/, the run's "
+                 "accounting to OUT/summary.json. A rerun replaces the previous output.")
+        parser.add_argument(
+            "--window", default="1d",
+            help="Fixed UTC window of the statistics tables: 30s, 15m, 1h, 1d, 1w.")
+        parser.add_argument(
+            "--dedupe_buckets", "--dedupe-buckets", type=int, default=16,
+            help="Shuffle buckets for deduplication by message id (parallelism of that step).")
+        parser.add_argument(
+            "--run_id", "--run-id", default=None,
+            help="Identifier of this run, used in file names (default: UTC time + random).")

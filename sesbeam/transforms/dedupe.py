@@ -1,0 +1,117 @@
+"""Merge every notification of one message into one row.
+
+SES publishes one notification per action with a topic, and SNS/SQS redeliver: the same
+``message_id`` arrives several times. The *first* notification (smallest
+``(source_uri, source_record)``, so the result does not depend on the runner's order) gives
+the row; ``recipients`` and ``actions`` become ordered unions, the S3 location comes from
+whichever notification had one, and ``notifications`` counts them all.
+
+``dedupe_table`` is the plain twin of ``DeduplicateMessages``.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from sesbeam.schemas import MESSAGES
+from sesbeam.transforms._arrow import partition, to_batches
+
+__all__ = ["DeduplicateMessages", "bucket_of", "dedupe_table", "merge_rows"]
+
+#: Default number of shuffle buckets for deduplication: enough to spread the work over a
+#: few hundred workers, few enough that tiny runs stay cheap.
+DEFAULT_BUCKETS = 16
+
+
+def bucket_of(message_ids: pa.Array | pa.ChunkedArray, buckets: int) -> np.ndarray:
+    """Stable bucket (``crc32 % buckets``) of each message id."""
+    return np.fromiter((zlib.crc32(m.encode()) % buckets for m in message_ids.to_pylist()),
+                       dtype=np.int64, count=len(message_ids))
+
+
+def _union(lists) -> list:
+    seen: dict = {}
+    for values in lists:
+        for v in values or ():
+            seen.setdefault(v, None)
+    return list(seen)
+
+
+def merge_rows(rows: list[dict]) -> dict:
+    """Merge the notifications of one message (given in source order) into one row."""
+    merged = dict(rows[0])
+    merged["recipients"] = _union(r["recipients"] for r in rows)
+    merged["actions"] = _union(r["actions"] for r in rows)
+    with_s3 = next((r for r in rows if r["s3_object_key"] is not None), None)
+    if with_s3 is not None:
+        merged["s3_bucket"] = with_s3["s3_bucket"]
+        merged["s3_object_key"] = with_s3["s3_object_key"]
+    merged["notifications"] = sum(r["notifications"] for r in rows)
+    return merged
+
+
+def dedupe_table(table: pa.Table) -> tuple[pa.Table, int]:
+    """One row per ``message_id``; returns the rows and how many were merged away."""
+    n = table.num_rows
+    if n == 0:
+        return table, 0
+    order = pc.sort_indices(table, sort_keys=[
+        ("message_id", "ascending"), ("source_uri", "ascending"), ("source_record", "ascending")])
+    table = table.take(order)
+    ids = table.column("message_id").combine_chunks()
+    starts = np.flatnonzero(np.concatenate(
+        ([True], pc.not_equal(ids[1:], ids[:-1]).to_numpy(zero_copy_only=False))))
+    if len(starts) == n:
+        return table, 0
+    sizes = np.diff(np.append(starts, n))
+    single = table.take(pa.array(starts[sizes == 1]))
+    multi_starts, multi_sizes = starts[sizes > 1], sizes[sizes > 1]
+    multi_rows = table.take(pa.array(np.concatenate(
+        [np.arange(s, s + k) for s, k in zip(multi_starts, multi_sizes)]))).to_pylist()
+    merged, i = [], 0
+    for k in multi_sizes:
+        merged.append(merge_rows(multi_rows[i:i + k]))
+        i += k
+    result = pa.concat_tables([single, pa.Table.from_pylist(merged, schema=MESSAGES)])
+    return result, n - result.num_rows
+
+
+def _split_by_bucket(batch: pa.RecordBatch, buckets: int):
+    yield from partition(batch, bucket_of(batch.column("message_id"), buckets))
+
+
+class _DedupeBucketDoFn(beam.DoFn):
+    def process(self, element):
+        _, tables = element
+        table, duplicates = dedupe_table(pa.concat_tables(list(tables)))
+        yield from to_batches(table)
+        yield beam.pvalue.TaggedOutput(DeduplicateMessages.TALLIES, {"duplicates": duplicates})
+
+
+class DeduplicateMessages(beam.PTransform):
+    """Message RecordBatches -> ``{"messages": one row per message_id, "tallies"}``.
+
+    ``tallies`` carries ``{"duplicates": n}`` dicts for the run's accounting.
+    """
+
+    MESSAGES = "messages"
+    TALLIES = "tallies"
+
+    def __init__(self, buckets: int = DEFAULT_BUCKETS):
+        super().__init__()
+        self._buckets = buckets
+
+    def expand(self, batches):
+        outputs = (
+            batches
+            | "KeyByBucket" >> beam.FlatMap(_split_by_bucket, self._buckets)
+            | "GroupByBucket" >> beam.GroupByKey()
+            | "Merge" >> beam.ParDo(_DedupeBucketDoFn()).with_outputs(
+                self.TALLIES, main=self.MESSAGES)
+        )
+        return {self.MESSAGES: outputs[self.MESSAGES], self.TALLIES: outputs[self.TALLIES]}

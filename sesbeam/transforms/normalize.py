@@ -1,0 +1,264 @@
+"""Turn one unwrapped notification into one row of the messages table.
+
+Pure functions, no Beam: ``normalize_ses`` and ``normalize_workmail`` return a row tuple in
+``MESSAGES`` column order or raise ``InvalidNotification``; ``MessageBuilder`` collects rows
+column by column and emits ``pyarrow.RecordBatch``es.
+
+Type rules (a field of another JSON type makes the notification a dead letter, kind
+``invalid_notification``; nothing is half-kept):
+- ``mail.timestamp``: ISO 8601 string (with or without milliseconds, ``Z``, an offset, or
+  naive = UTC), or an RFC 5322 date. Required.
+- verdicts: ``{"status": str}`` or a bare string; any string kept verbatim; null/absent -> null.
+- ``dmarcPolicy``: string or ``{"status": str}``; lowercased.
+- ``processingTimeMillis``: integer, integral float, or a string of digits.
+- ``headersTruncated``: boolean or the strings ``"true"``/``"false"``.
+- ``commonHeaders.from``: list of strings, or a single string.
+- recipient lists: lists of strings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from datetime import datetime, timedelta, timezone
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import orjson
+import pyarrow as pa
+
+from sesbeam.schemas import MESSAGES
+
+__all__ = [
+    "InvalidNotification",
+    "MessageBuilder",
+    "address_of",
+    "domain_of",
+    "normalize_ses",
+    "normalize_workmail",
+    "parse_time_ms",
+]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MS = timedelta(milliseconds=1)
+_COMMENT = re.compile(r"\([^()]*\)")
+#: ``2018-10-08T14:05:45 +0000``: a space before the offset, seen in one AWS doc example.
+_SPACED_OFFSET = re.compile(r"^(.*\d)\s+([+-]\d{2}:?\d{2}|Z)$")
+
+
+class InvalidNotification(ValueError):
+    """The notification cannot become a row (missing or mistyped required field)."""
+
+
+def parse_time_ms(value: Any, field: str = "timestamp") -> int:
+    """Milliseconds since the epoch (UTC) of an ISO 8601 or RFC 5322 time string."""
+    if not isinstance(value, str) or not value:
+        raise InvalidNotification(f"{field} is {_describe(value)}, not a time string")
+    text = value.strip()
+    try:
+        dt = datetime.fromisoformat(text)
+    except ValueError:
+        m = _SPACED_OFFSET.match(text)
+        try:
+            dt = datetime.fromisoformat(m.group(1) + m.group(2)) if m else parsedate_to_datetime(text)
+        except (ValueError, TypeError, IndexError):
+            raise InvalidNotification(f"{field} {value[:64]!r} is not a time") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return (dt - _EPOCH) // _MS
+
+
+def address_of(value: Any) -> str | None:
+    """The address in one From-style header entry.
+
+    ``"Doe, John" <a@b.c>``, ``Norton I., Emperor <a@b.c>``, ``=?UTF-8?B?...?= <a@b.c>``
+    and ``The Service <The Service <a@b.c>>`` all give ``a@b.c`` (the last ``<...>`` wins);
+    without angle brackets, the first comma-separated item with comments removed.
+    """
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    left = text.rfind("<")
+    if left >= 0:
+        right = text.find(">", left)
+        addr = text[left + 1:right if right >= 0 else len(text)]
+    else:
+        addr = _COMMENT.sub("", text).split(",", 1)[0]
+    addr = addr.strip().strip('"').strip()
+    return addr or None
+
+
+def domain_of(address: str | None) -> str | None:
+    """Lowercased domain of an address, trailing dot removed; None without one."""
+    if not address:
+        return None
+    at = address.rfind("@")
+    if at < 0:
+        return None
+    domain = address[at + 1:].strip().strip('">').rstrip(".").lower()
+    return domain or None
+
+
+def _describe(value: Any) -> str:
+    return "absent" if value is None else f"a {type(value).__name__}"
+
+
+def _status(value: Any, field: str) -> str | None:
+    if isinstance(value, dict):
+        value = value.get("status")
+    if value is None or isinstance(value, str):
+        return value
+    raise InvalidNotification(f"{field} status is {_describe(value)}")
+
+
+def _int(value: Any, field: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise InvalidNotification(f"{field} is a bool")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    raise InvalidNotification(f"{field} is {value!r:.40}, not an integer")
+
+
+def _bool(value: Any, field: str) -> bool | None:
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise InvalidNotification(f"{field} is {_describe(value)}, not a boolean")
+
+
+def _str(value: Any, field: str) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise InvalidNotification(f"{field} is {_describe(value)}, not a string")
+
+
+def _strings(value: Any, field: str) -> list[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return value
+    raise InvalidNotification(f"{field} is not a list of strings")
+
+
+def _object(value: Any, field: str) -> dict:
+    if value is None:
+        return {}
+    if isinstance(value, dict):
+        return value
+    raise InvalidNotification(f"{field} is {_describe(value)}, not an object")
+
+
+def synthetic_id(notification: dict) -> str:
+    """Stable id for a notification without ``mail.messageId``."""
+    digest = hashlib.sha1(orjson.dumps(notification, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    return "sesbeam:" + digest
+
+
+def normalize_ses(n: dict, envelope: str, source_uri: str, source_record: int) -> tuple:
+    """One SES receipt notification (``mail`` + ``receipt``) as a messages row."""
+    mail = _object(n.get("mail"), "mail")
+    if not mail:
+        raise InvalidNotification("mail is absent")
+    receipt = _object(n.get("receipt"), "receipt")
+    headers = _object(mail.get("commonHeaders"), "mail.commonHeaders")
+    action = _object(receipt.get("action"), "receipt.action")
+
+    event_time = parse_time_ms(mail.get("timestamp"), "mail.timestamp")
+    message_id = _str(mail.get("messageId"), "mail.messageId") or synthetic_id(n)
+    mail_from = _str(mail.get("source"), "mail.source")
+    froms = headers.get("from")
+    if isinstance(froms, str):
+        froms = [froms]
+    froms = _strings(froms, "commonHeaders.from")
+    header_from = address_of(froms[0]) if froms else None
+    header_from_domain = domain_of(header_from)
+    mail_from_domain = domain_of(address_of(mail_from))
+    recipients = _strings(receipt.get("recipients"), "receipt.recipients")
+    if recipients is None:
+        recipients = _strings(mail.get("destination"), "mail.destination")
+    action_type = _str(action.get("type"), "receipt.action.type")
+    s3 = action_type == "S3"
+    policy = _status(receipt.get("dmarcPolicy"), "receipt.dmarcPolicy")
+    receipt_ts = receipt.get("timestamp")
+    return (
+        message_id,
+        event_time,
+        envelope,
+        mail_from,
+        mail_from_domain,
+        header_from,
+        header_from_domain,
+        header_from_domain or mail_from_domain,
+        _str(headers.get("subject"), "commonHeaders.subject"),
+        recipients,
+        _status(receipt.get("spamVerdict"), "receipt.spamVerdict"),
+        _status(receipt.get("virusVerdict"), "receipt.virusVerdict"),
+        _status(receipt.get("spfVerdict"), "receipt.spfVerdict"),
+        _status(receipt.get("dkimVerdict"), "receipt.dkimVerdict"),
+        _status(receipt.get("dmarcVerdict"), "receipt.dmarcVerdict"),
+        policy.lower() if policy else policy,
+        _int(receipt.get("processingTimeMillis"), "receipt.processingTimeMillis"),
+        [action_type] if action_type else [],
+        _str(action.get("bucketName"), "receipt.action.bucketName") if s3 else None,
+        _str(action.get("objectKey"), "receipt.action.objectKey") if s3 else None,
+        _bool(mail.get("headersTruncated"), "mail.headersTruncated"),
+        parse_time_ms(receipt_ts, "receipt.timestamp") if receipt_ts is not None else None,
+        _str(headers.get("messageId"), "commonHeaders.messageId"),
+        None,
+        1,
+        source_uri,
+        source_record,
+    )
+
+
+def _address_field(value: Any, field: str) -> str | None:
+    return _str(_object(value, field).get("address"), field + ".address")
+
+
+def normalize_workmail(e: dict, time_ms: int | None, source_uri: str, source_record: int) -> tuple:
+    """One WorkMail Run-Lambda event as a messages row (no verdicts)."""
+    if time_ms is None:
+        raise InvalidNotification("WorkMail event without a wrapper or source time")
+    env = _object(e.get("envelope"), "envelope")
+    mail_from = _address_field(env.get("mailFrom"), "envelope.mailFrom")
+    domain = domain_of(address_of(mail_from))
+    rcpts = env.get("recipients")
+    if rcpts is not None and not isinstance(rcpts, list):
+        raise InvalidNotification("envelope.recipients is not a list")
+    recipients = [_address_field(r, "envelope.recipients[]") for r in rcpts or []]
+    message_id = (_str(e.get("messageId"), "messageId") or _str(e.get("invocationId"), "invocationId")
+                  or synthetic_id(e))
+    return (
+        message_id, time_ms, "workmail", mail_from, domain, None, None, domain,
+        _str(e.get("subject"), "subject"), [r for r in recipients if r],
+        None, None, None, None, None, None, None, [], None, None,
+        None, None, None,
+        _str(e.get("flowDirection"), "flowDirection"), 1, source_uri, source_record,
+    )
+
+
+class MessageBuilder:
+    """Collects message rows column-wise and builds ``MESSAGES`` RecordBatches."""
+
+    def __init__(self) -> None:
+        self._columns: list[list] = [[] for _ in MESSAGES]
+
+    def __len__(self) -> int:
+        return len(self._columns[0])
+
+    def append(self, row: tuple) -> None:
+        for column, value in zip(self._columns, row):
+            column.append(value)
+
+    def build(self) -> pa.RecordBatch:
+        """The collected rows as one batch; the builder is empty afterwards."""
+        arrays = [pa.array(col, type=f.type) for col, f in zip(self._columns, MESSAGES)]
+        self._columns = [[] for _ in MESSAGES]
+        return pa.RecordBatch.from_arrays(arrays, schema=MESSAGES)

@@ -1,0 +1,94 @@
+"""Find and read archive objects through Beam's filesystems (local paths, ``s3://``, ...).
+
+``ReadArchives`` yields one ``SourceFile`` per object, with its bytes as stored (gzip is
+detected later, by its magic bytes, in ``decode``). Listing happens on the workers, after
+a ``Create`` of the input locations, so nothing is listed on the launching machine.
+
+S3 goes through ``apache_beam.io.aws``; its boto3 client honours the standard AWS
+environment (``AWS_ENDPOINT_URL``, ``AWS_ENDPOINT_URL_S3``, ``AWS_DEFAULT_REGION``, the
+credential chain) unless the ``--s3_*`` pipeline options say otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Iterator
+
+import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from sesbeam.transforms.decode import SourceFile
+
+__all__ = ["ReadArchives", "expand_location", "read_source"]
+
+_LOG = logging.getLogger(__name__)
+_GLOB_CHARS = "*?["
+
+
+def expand_location(location: str) -> Iterator[tuple[str, int, int | None]]:
+    """``(path, size, mtime_ms)`` of every object a location names.
+
+    A location is a file or object, a glob (``**`` crosses directories), or a directory
+    or ``s3://bucket/prefix`` read recursively. Directory markers (keys ending in ``/``)
+    are left out.
+    """
+    if any(c in location for c in _GLOB_CHARS):
+        patterns = [location]
+    elif FileSystems.exists(location) and not location.endswith("/") and not _is_dir(location):
+        patterns = [location]
+    else:
+        patterns = [location.rstrip("/") + "/**"]
+    seen = set()
+    for result in FileSystems.match(patterns):
+        for meta in result.metadata_list:
+            if meta.path.endswith("/") or meta.path in seen:
+                continue
+            seen.add(meta.path)
+            mtime = getattr(meta, "last_updated_in_seconds", None)
+            yield meta.path, meta.size_in_bytes, int(mtime * 1000) if mtime else None
+
+
+def _is_dir(location: str) -> bool:
+    return "://" not in location and os.path.isdir(location)
+
+
+def read_source(path: str, mtime_ms: int | None = None) -> SourceFile:
+    """The whole object at ``path``, or a ``SourceFile`` carrying the read error."""
+    try:
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            data = f.read()
+    except Exception as e:  # noqa: BLE001 - any read failure becomes a dead letter
+        _LOG.warning("could not read %s: %s", path, e)
+        return SourceFile(path, None, mtime_ms, f"{type(e).__name__}: {e}")
+    return SourceFile(path, data, mtime_ms)
+
+
+class _ExpandDoFn(beam.DoFn):
+    def process(self, location: str):
+        found = 0
+        for path, size, mtime in expand_location(location):
+            found += 1
+            yield path, mtime
+        if not found:
+            _LOG.warning("input %s matched no objects", location)
+
+
+class ReadArchives(beam.PTransform):
+    """Locations -> one ``SourceFile`` per archive object found under them."""
+
+    def __init__(self, locations: list[str]):
+        super().__init__()
+        if not locations:
+            raise ValueError("ReadArchives needs at least one location")
+        self._locations = list(locations)
+
+    def expand(self, pbegin):
+        return (
+            pbegin
+            | "Locations" >> beam.Create(self._locations)
+            | "List" >> beam.ParDo(_ExpandDoFn())
+            | "Distribute" >> beam.Reshuffle()
+            | "Read" >> beam.MapTuple(read_source)
+        )
