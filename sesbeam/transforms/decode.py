@@ -255,7 +255,7 @@ class _SourceDecoder:
                 self.dead_letter("unexpected_shape", "a Records item is not an object",
                                  rec_raw(), offset, i)
             elif isinstance(rec.get("ses"), dict):
-                self.leaf(rec["ses"], "lambda", None, offset, i, rec_raw)
+                self.leaf(rec["ses"], "lambda", None, offset, i, rec_raw, "Received")
             elif "Sns" in rec or "sns" in rec:
                 self.sns(rec.get("Sns", rec.get("sns")), offset, i, rec_raw)
             elif "body" in rec:
@@ -316,13 +316,14 @@ class _SourceDecoder:
             self.leaf(value, envelope, time_ms, offset, record, raw)
 
     def leaf(self, n: dict, envelope: str, time_ms: int | None, offset: int,
-             record: int | None, raw: Callable[[], bytes]) -> None:
+             record: int | None, raw: Callable[[], bytes], default_kind: str | None = None,
+             ) -> None:
         """An unwrapped notification: a message, a skip or a dead letter."""
         if "summaryVersion" in n and "envelope" in n:
             when = time_ms if time_ms is not None else self.mtime_ms
             self.message(lambda i: normalize_workmail(n, when, self.uri, i), raw, offset, record)
             return
-        kind = n.get("notificationType", n.get("eventType"))
+        kind = n.get("notificationType", n.get("eventType", default_kind))
         if kind is None and "mail" in n and "receipt" in n:
             kind = "Received"  # SES Lambda action records carry no notificationType
         if kind == "Received":

@@ -58,14 +58,25 @@ def parse_time_ms(value: Any, field: str = "timestamp") -> int:
     try:
         dt = datetime.fromisoformat(text)
     except ValueError:
-        m = _SPACED_OFFSET.match(text)
-        try:
-            dt = datetime.fromisoformat(m.group(1) + m.group(2)) if m else parsedate_to_datetime(text)
-        except (ValueError, TypeError, IndexError):
+        dt = _parse_lenient(text)
+        if dt is None:
             raise InvalidNotification(f"{field} {value[:64]!r} is not a time") from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=timezone.utc)
     return (dt - _EPOCH) // _MS
+
+
+def _parse_lenient(text: str) -> datetime | None:
+    m = _SPACED_OFFSET.match(text)
+    if m:
+        try:
+            return datetime.fromisoformat(m.group(1) + m.group(2))
+        except ValueError:
+            pass
+    try:
+        return parsedate_to_datetime(text)
+    except (ValueError, TypeError, IndexError):
+        return None
 
 
 def address_of(value: Any) -> str | None:

@@ -1,0 +1,173 @@
+"""The batch pipeline end to end on local files (FnApiRunner, in process)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+
+import duckdb
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+
+from sesbeam.generate import generate_archive
+from sesbeam.pipeline.batch import run_batch
+from sesbeam.pipeline.cli import main
+from sesbeam.schemas import SCHEMA_VERSION, TABLES
+from tests.conftest import DATA
+
+
+def table(out: Path, name: str):
+    return ds.dataset(out / name, format="parquet", partitioning="hive").to_table()
+
+
+def utc(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=timezone.utc)
+
+
+@pytest.fixture(scope="module")
+def hand_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("hand") / "out"
+    summary = run_batch(["--input", str(DATA / "archive"), "--output", str(out)])
+    return out, summary
+
+
+def test_hand_written_archive_summary(hand_run):
+    _, s = hand_run
+    assert (s["records"], s["messages"], s["duplicates"], s["skipped"], s["dead_letters"]) == \
+        (10, 5, 3, 1, 1)
+    assert s["skipped_reasons"] == {"sending_event": 1}
+    assert s["dead_letter_kinds"] == {"invalid_json": 1}
+    assert s["balanced"] and s["sources"] == 3 and s["schema_version"] == SCHEMA_VERSION
+
+
+def test_hand_written_archive_messages(hand_run):
+    out, _ = hand_run
+    rows = {r["message_id"]: r for r in table(out, "messages").to_pylist()}
+    assert sorted(rows) == ["aaaa0001", "aaaa0002", "aaaa0003", "aaaa0004", "aaaa0005"]
+    a = rows["aaaa0001"]
+    assert a["recipients"] == ["ops@corp.example", "audit@corp.example"]
+    assert a["actions"] == ["Lambda", "SNS"]  # first by source URI: lambda/ sorts before sns/
+    assert a["envelope"] == "lambda" and a["notifications"] == 3
+    assert a["sender_domain"] == "example.com" and a["header_from"] == "john@Example.COM."
+    assert a["date"] == "2024-03-01"
+    b = rows["aaaa0002"]
+    assert (b["s3_bucket"], b["s3_object_key"]) == ("raw-mail", "inbox/aaaa0002")
+    assert b["sender_domain"] == "monitor.example.org" and b["dmarc_verdict"] is None
+    assert b["processing_time_ms"] == 100 and b["envelope"] == "raw"  # firehose/ is first
+    c = rows["aaaa0003"]
+    assert c["sender_domain"] == "phish.example" and c["dmarc_policy"] == "reject"
+    assert c["event_time"] == utc("2024-03-01T23:59:59.999")
+    assert rows["aaaa0004"]["date"] == "2024-03-02"
+
+
+def test_hand_written_archive_stats(hand_run):
+    out, _ = hand_run
+    v = {(r["window_start"].date().isoformat(), r["verdict"], r["status"]): r["messages"]
+         for r in table(out, "verdict_stats").to_pylist()}
+    assert v[("2024-03-01", "spam", "PASS")] == 2 and v[("2024-03-01", "spam", "FAIL")] == 1
+    assert v[("2024-03-01", "dmarc", None)] == 1 and v[("2024-03-01", "dmarc", "FAIL")] == 1
+    assert v[("2024-03-02", "dmarc", "GRAY")] == 1 and v[("2024-03-02", "dmarc", "FAIL")] == 1
+    assert sum(n for (d, verdict, _), n in v.items() if verdict == "spf") == 5
+    s = {(r["window_start"].date().isoformat(), r["sender_domain"]): r
+         for r in table(out, "sender_stats").to_pylist()}
+    phish = s[("2024-03-01", "phish.example")]
+    assert (phish["messages"], phish["spam_fail"], phish["virus_fail"], phish["dmarc_fail"],
+            phish["dmarc_fail_reject"]) == (1, 1, 1, 1, 1)
+    assert s[("2024-03-01", "example.com")]["recipients"] == 2
+    assert s[("2024-03-01", "monitor.example.org")]["spf_gray"] == 1
+    shop = s[("2024-03-02", "shop.example")]
+    assert (shop["spam_gray"], shop["dmarc_fail_quarantine"]) == (1, 1)
+    assert s[("2024-03-01", "example.com")]["window_end"] == utc("2024-03-02T00:00:00")
+
+
+def test_dead_letter_keeps_exact_bytes(hand_run):
+    out, _ = hand_run
+    [dl] = table(out, "dead_letters").to_pylist()
+    source = (DATA / "archive/sns/2024/03/01/receipts.ndjson").read_bytes()
+    assert dl["kind"] == "invalid_json" and len(dl["raw"]) == 150
+    assert source[dl["offset"]:dl["offset"] + len(dl["raw"])] == dl["raw"]
+    assert dl["source_uri"].endswith("receipts.ndjson")
+
+
+def test_parquet_files_carry_schema_and_version(hand_run):
+    out, _ = hand_run
+    for name, (schema, partition) in TABLES.items():
+        files = sorted((out / name).rglob("*.parquet"))
+        assert files, name
+        for f in files:
+            meta = pq.read_metadata(f)
+            assert meta.metadata[b"sesbeam.schema_version"] == SCHEMA_VERSION.encode()
+            assert meta.metadata[b"sesbeam.table"] == name.encode()
+            assert pq.read_schema(f).remove_metadata().equals(schema.remove_metadata())
+            assert (partition is None) == ("date=" not in str(f))
+
+
+def test_duckdb_reads_the_output(hand_run):
+    out, _ = hand_run
+    con = duckdb.connect()
+    n, days = con.execute(
+        f"select count(*), count(distinct date) from read_parquet('{out}/messages/**/*.parquet',"
+        " hive_partitioning=true)").fetchone()
+    assert (n, days) == (5, 2)
+    total = con.execute(
+        f"select sum(messages) from read_parquet('{out}/sender_stats/**/*.parquet', "
+        "hive_partitioning=true)").fetchone()[0]
+    assert total == 5
+
+
+def test_rerun_replaces_output(hand_run, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(hand_run[0], out)
+    before = {p.name for p in out.rglob("*.parquet")}
+    summary = run_batch(["--input", str(DATA / "archive"), "--output", str(out)])
+    after = {p.name for p in out.rglob("*.parquet")}
+    assert not before & after  # every file of the first run is gone
+    assert table(out, "messages").num_rows == 5 == summary["messages"]
+    assert not (out / "_staging").exists() or not any((out / "_staging").rglob("*.parquet"))
+
+
+def test_gzip_copies_and_hourly_windows(tmp_path):
+    archive = tmp_path / "archive"
+    for src in (DATA / "archive").rglob("*"):
+        if src.is_file():
+            dst = archive / src.relative_to(DATA / "archive")
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.write_bytes(gzip.compress(src.read_bytes(), mtime=0))  # same names, gzipped
+    out = tmp_path / "out"
+    summary = run_batch(["--input", str(archive / "sns"), "--input", str(archive / "lambda"),
+                         "--input", str(archive / "firehose") + "/*", "--output", str(out),
+                         "--window", "1h"])
+    assert (summary["records"], summary["messages"], summary["duplicates"]) == (10, 5, 3)
+    starts = {r["window_start"] for r in table(out, "sender_stats").to_pylist()}
+    assert utc("2024-03-01T08:00:00") in starts and utc("2024-03-01T23:00:00") in starts
+    assert all(r["window_end"] - r["window_start"] == (utc("2024-01-01T01:00:00")
+                                                       - utc("2024-01-01T00:00:00"))
+               for r in table(out, "verdict_stats").to_pylist())
+
+
+def test_generated_archive_matches_ground_truth(tmp_path):
+    manifest = generate_archive(str(tmp_path / "archive"), events=1500, seed=11, days=3,
+                                bad_records=6)
+    summary = run_batch(["--input", str(tmp_path / "archive"), "--output", str(tmp_path / "o")])
+    for key in ("records", "messages", "duplicates"):
+        assert summary[key] == manifest[key], key
+    assert summary["skipped_reasons"] == {k: v for k, v in manifest["skipped"].items() if v}
+    assert summary["dead_letter_kinds"] == {k: v for k, v in manifest["dead_letters"].items() if v}
+    per_day = {}
+    for r in table(tmp_path / "o", "messages").select(["date", "envelope"]).to_pylist():
+        if r["envelope"] != "workmail":
+            per_day[r["date"]] = per_day.get(r["date"], 0) + 1
+    assert sum(per_day.values()) == manifest["receipt_messages"]
+
+
+def test_cli_exit_code_and_summary(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["batch", "--input", str(DATA / "archive"), "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "balanced" in printed and "messages" in printed
+    assert json.loads((out / "summary.json").read_text())["messages"] == 5
+    assert main(["nonsense"]) == 2

@@ -1,0 +1,179 @@
+"""Deduplication and the statistics combiners, without a pipeline."""
+
+from __future__ import annotations
+
+import random
+import zlib
+from collections import Counter, defaultdict
+
+import pyarrow as pa
+import pytest
+
+from sesbeam.schemas import MESSAGES, SENDER_STATS, VERDICT_STATS
+from sesbeam.transforms.analytics import (
+    TableCombineFn,
+    sender_merge,
+    sender_partial,
+    verdict_merge,
+    verdict_partial,
+    with_window,
+)
+from sesbeam.transforms.dedupe import bucket_of, dedupe_table
+
+STATUSES = ["PASS", "FAIL", "GRAY", "PROCESSING_FAILED", None, "DISABLED"]
+
+
+def make_rows(n: int, seed: int = 0, dup_rate: float = 0.2) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        mid = f"m{rng.randrange(int(n * (1 - dup_rate)) + 1)}"
+        rows.append({
+            "message_id": mid,
+            "event_time": 1_709_251_200_000 + zlib.crc32(mid.encode()) % 86_400_000 * 3,
+            "envelope": rng.choice(["sns", "lambda", "raw", "workmail"]),
+            "mail_from": "x@y", "mail_from_domain": "y",
+            "header_from": None, "header_from_domain": None,
+            "sender_domain": rng.choice(["a.example", "b.example", None]),
+            "subject": None,
+            "recipients": rng.sample(["r1", "r2", "r3", "r4"], rng.randint(0, 3)),
+            **{f"{v}_verdict": rng.choice(STATUSES) for v in ("spam", "virus", "spf", "dkim",
+                                                              "dmarc")},
+            "dmarc_policy": rng.choice(["reject", "quarantine", "none", None]),
+            "processing_time_ms": 1,
+            "actions": [rng.choice(["S3", "SNS", "Lambda"])],
+            "s3_bucket": None, "s3_object_key": None, "headers_truncated": False,
+            "receipt_time": None, "smtp_message_id": None, "flow_direction": None,
+            "notifications": 1,
+            "source_uri": f"file:///{rng.randrange(3)}", "source_record": i,
+        })
+        if rows[-1]["actions"] == ["S3"]:
+            rows[-1]["s3_bucket"], rows[-1]["s3_object_key"] = "b", f"k/{mid}"
+    return rows
+
+
+def table(rows) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=MESSAGES)
+
+
+def test_dedupe_merges_into_first_notification():
+    rows = make_rows(2000, seed=1)
+    out, duplicates = dedupe_table(table(rows))
+    assert out.num_rows == len({r["message_id"] for r in rows})
+    assert duplicates == len(rows) - out.num_rows
+    by_id = defaultdict(list)
+    for r in sorted(rows, key=lambda r: (r["message_id"], r["source_uri"], r["source_record"])):
+        by_id[r["message_id"]].append(r)
+    for got in out.to_pylist():
+        group = by_id[got["message_id"]]
+        first = group[0]
+        assert (got["source_uri"], got["source_record"]) == (first["source_uri"],
+                                                             first["source_record"])
+        assert got["spam_verdict"] == first["spam_verdict"]
+        assert got["recipients"] == list(dict.fromkeys(x for r in group for x in r["recipients"]))
+        assert got["actions"] == list(dict.fromkeys(x for r in group for x in r["actions"]))
+        assert got["notifications"] == len(group)
+        s3 = [r["s3_object_key"] for r in group if r["s3_object_key"]]
+        assert got["s3_object_key"] == (s3[0] if s3 else None)
+
+
+def test_dedupe_is_order_independent():
+    rows = make_rows(500, seed=2)
+    a, _ = dedupe_table(table(rows))
+    random.Random(3).shuffle(rows)
+    b, _ = dedupe_table(table(rows))
+    key = [("message_id", "ascending")]
+    assert a.sort_by(key).equals(b.sort_by(key))
+
+
+def test_dedupe_without_duplicates_is_identity():
+    rows = make_rows(300, seed=4, dup_rate=0.0)
+    rows = list({r["message_id"]: r for r in rows}.values())
+    out, duplicates = dedupe_table(table(rows))
+    assert duplicates == 0 and out.num_rows == len(rows)
+
+
+def test_buckets_are_stable():
+    ids = pa.array(["a", "b", "a", "zz"])
+    assert list(bucket_of(ids, 16)) == list(bucket_of(ids, 16))
+    assert bucket_of(ids, 16)[0] == bucket_of(ids, 16)[2]
+
+
+# -- statistics -----------------------------------------------------------------------------
+def expected_verdicts(rows) -> Counter:
+    c = Counter()
+    for r in rows:
+        if r["envelope"] != "workmail":
+            for v in ("spam", "virus", "spf", "dkim", "dmarc"):
+                c[(v, r[f"{v}_verdict"])] += 1
+    return c
+
+
+def expected_senders(rows) -> dict:
+    out = {}
+    for r in rows:
+        s = out.setdefault(r["sender_domain"], Counter())
+        s["messages"] += 1
+        s["recipients"] += len(r["recipients"])
+        for v in ("spam", "virus", "spf", "dkim", "dmarc"):
+            s[f"{v}_fail"] += r[f"{v}_verdict"] == "FAIL"
+        for v in ("spam", "spf", "dkim", "dmarc"):
+            s[f"{v}_gray"] += r[f"{v}_verdict"] == "GRAY"
+        for p in ("reject", "quarantine", "none"):
+            s[f"dmarc_fail_{p}"] += r["dmarc_verdict"] == "FAIL" and r["dmarc_policy"] == p
+        s["first_seen"] = min(s.get("first_seen", 2**62), r["event_time"])
+        s["last_seen"] = max(s.get("last_seen", -(2**62)), r["event_time"])
+    return out
+
+
+def as_verdicts(t: pa.Table) -> Counter:
+    return Counter({(r["verdict"], r["status"]): r["messages"] for r in t.to_pylist()})
+
+
+def as_senders(t: pa.Table) -> dict:
+    out = {}
+    for r in t.to_pylist():
+        d = {k: v for k, v in r.items() if k not in ("sender_domain", "window_start",
+                                                     "window_end") and v}
+        d["first_seen"] = round(r["first_seen"].timestamp() * 1000)
+        d["last_seen"] = round(r["last_seen"].timestamp() * 1000)
+        out[r["sender_domain"]] = Counter(d)
+    return out
+
+
+def run_combine(fn: TableCombineFn, batches, splits: int):
+    """Feed batches to ``splits`` accumulators, merge them, compact, extract."""
+    accs = [fn.create_accumulator() for _ in range(splits)]
+    for i, b in enumerate(batches):
+        accs[i % splits] = fn.add_input(accs[i % splits], b)
+    accs = [fn.compact(a) for a in accs]
+    return fn.extract_output(fn.merge_accumulators(accs))
+
+
+@pytest.mark.parametrize("splits", [1, 2, 7])
+def test_combiners_merge_equals_sequential(splits):
+    rows = make_rows(3000, seed=5)
+    batches = table(rows).to_batches(max_chunksize=47)
+    assert len(batches) > 33  # crosses the compaction threshold
+    verdict_fn = TableCombineFn(verdict_partial, verdict_merge,
+                                pa.schema([VERDICT_STATS.field(n) for n in
+                                           ("verdict", "status", "messages")]))
+    sender_fn = TableCombineFn(sender_partial, sender_merge,
+                               pa.schema([f for f in SENDER_STATS
+                                          if f.name not in ("window_start", "window_end")]))
+    assert as_verdicts(run_combine(verdict_fn, batches, splits)) == expected_verdicts(rows)
+    got = as_senders(run_combine(sender_fn, batches, splits))
+    want = {k: Counter({kk: vv for kk, vv in v.items() if vv}) for k, v in
+            expected_senders(rows).items()}
+    assert got == want
+
+
+def test_empty_combine_and_window_columns():
+    fn = TableCombineFn(verdict_partial, verdict_merge, pa.schema(
+        [VERDICT_STATS.field(n) for n in ("verdict", "status", "messages")]))
+    assert fn.extract_output(fn.create_accumulator()).num_rows == 0
+    out = fn.extract_output(fn.add_input(fn.create_accumulator(),
+                                         table(make_rows(10)).to_batches()[0]))
+    batch = with_window(out, 0, 86_400_000, VERDICT_STATS)
+    assert batch.schema == VERDICT_STATS
+    assert batch.column("window_end")[0].value == 86_400_000
