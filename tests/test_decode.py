@@ -291,3 +291,20 @@ def test_split_units_offsets():
     units = [(o, bytes(r), v) for o, r, v, e in split_units(data)]
     assert units == [(0, b'{"a":1}', {"a": 1}), (10, b'{"b":\n 2}', {"b": 2}),
                      (19, b'{"c":3}', {"c": 3})]
+
+
+def test_unexpected_decoder_failure_becomes_one_dead_letter(monkeypatch):
+    from sesbeam.transforms import decode as decode_module
+
+    def boom(source):
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(decode_module, "decode_source", boom)
+    d = decode_module._decode_guarded(SourceFile("file:///x", b"{}", 0))
+    assert d.tally["records"] == 1 and d.tally["dead_letters"] == {"decoder_error": 1}
+    assert d.dead_letters.column("raw").to_pylist() == [b"{}"]
+
+
+def test_out_of_range_integer_is_a_dead_letter_not_a_crash():
+    rows, dead, tally = decode(ndjson(notification("big", processingTimeMillis=10**30)))
+    assert rows == [] and dead[0]["kind"] == "invalid_notification"

@@ -20,6 +20,7 @@ letter (with a kind in ``DEAD_LETTER_KINDS``). Duplicates are found later, by ``
 from __future__ import annotations
 
 import json
+import logging
 import re
 import zlib
 from typing import Any, Callable, Iterator, NamedTuple
@@ -66,8 +67,10 @@ DEAD_LETTER_KINDS = {
     "invalid_notification": "a receipt notification with a missing or mistyped field",
     "corrupt_compression": "a gzip stream that is corrupt or cut short",
     "unreadable_source": "an object that could not be read",
+    "decoder_error": "an object whose decoding failed unexpectedly (a bug: please report it)",
 }
 
+_LOG = logging.getLogger(__name__)
 SETUP_NOTIFICATION = "AMAZON_SES_SETUP_NOTIFICATION"
 _SENDING_TYPES = frozenset({
     "Bounce", "Complaint", "Delivery", "Send", "Reject", "Open", "Click",
@@ -401,9 +404,20 @@ def _flush_bad(decoder: _SourceDecoder, bad: list) -> None:
     bad.clear()
 
 
+def _decode_guarded(source: SourceFile) -> DecodedSource:
+    """``decode_source``; should it fail unexpectedly, the whole source is one dead letter."""
+    try:
+        return decode_source(source)
+    except Exception as e:  # noqa: BLE001 - bad input must never stop a run
+        _LOG.exception("decoding %s failed", source.uri)
+        decoder = _SourceDecoder(source.uri, source.mtime_ms)
+        decoder.dead_letter("decoder_error", f"{type(e).__name__}: {e}", source.data or b"", -1)
+        return decoder.result(len(source.data or b""))
+
+
 class _DecodeDoFn(beam.DoFn):
     def process(self, source: SourceFile):
-        decoded = decode_source(source)
+        decoded = _decode_guarded(source)
         yield from decoded.messages
         if decoded.dead_letters is not None:
             yield beam.pvalue.TaggedOutput(DecodeNotifications.DEAD_LETTERS, decoded.dead_letters)

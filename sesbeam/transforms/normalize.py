@@ -128,12 +128,16 @@ def _int(value: Any, field: str) -> int | None:
     if isinstance(value, bool):
         raise InvalidNotification(f"{field} is a bool")
     if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value.strip())
-    raise InvalidNotification(f"{field} is {value!r:.40}, not an integer")
+        number = value
+    elif isinstance(value, float) and value.is_integer():
+        number = int(value)
+    elif isinstance(value, str) and value.strip().isdigit():
+        number = int(value.strip())
+    else:
+        raise InvalidNotification(f"{field} is {value!r:.40}, not an integer")
+    if not -(2**63) <= number < 2**63:
+        raise InvalidNotification(f"{field} {value!r:.40} is out of range")
+    return number
 
 
 def _bool(value: Any, field: str) -> bool | None:
