@@ -308,3 +308,24 @@ def test_unexpected_decoder_failure_becomes_one_dead_letter(monkeypatch):
 def test_out_of_range_integer_is_a_dead_letter_not_a_crash():
     rows, dead, tally = decode(ndjson(notification("big", processingTimeMillis=10**30)))
     assert rows == [] and dead[0]["kind"] == "invalid_notification"
+
+
+def test_long_firehose_line_is_split_in_linear_time():
+    import time
+
+    objs = [notification(f"f{i}") for i in range(3000)]
+    data = b"".join(json.dumps(o, separators=(",", ":")).encode() for o in objs)
+    start = time.perf_counter()
+    units = list(split_units(data))
+    elapsed = time.perf_counter() - start
+    assert len(units) == 3000 and all(e is None for *_, e in units)
+    assert elapsed < 5  # quadratic re-parsing of the rest of the line took minutes here
+
+
+def test_brace_pair_inside_a_string_does_not_split_an_object():
+    a = notification("a", subject="}{ tricky }{")
+    a["mail"]["commonHeaders"]["subject"] = "x}{y}{z}{"
+    data = json.dumps(a, separators=(",", ":")).encode() + json.dumps(notification("b")).encode()
+    rows, dead, _ = decode(data)
+    assert [r["message_id"] for r in rows] == ["a", "b"] and dead == []
+    assert rows[0]["subject"] == "x}{y}{z}{"

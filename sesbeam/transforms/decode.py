@@ -80,6 +80,8 @@ _GZIP_MAGIC = b"\x1f\x8b"
 _BOM = b"\xef\xbb\xbf"
 _SPACE = re.compile(rb"[ \t\r\n]*")
 _DECODER = json.JSONDecoder()
+#: ``}{`` inside strings is rare; after this many false candidates, scan properly instead.
+_MAX_BOUNDARY_TRIES = 8
 
 
 class SourceFile(NamedTuple):
@@ -137,18 +139,25 @@ def split_units(data: bytes) -> Iterator[tuple[int, bytes | memoryview, Any, str
     view = memoryview(data)
     n = len(data)
     pos = 3 if data.startswith(_BOM) else 0
+    prev_end = -1  # where the previous unit ended (its newline included); -1 at the start
     text: str | None = None  # latin-1 view of data: one char per byte, for the scanner
     while True:
         pos = _SPACE.match(data, pos).end()
         if pos >= n:
             return
         eol = _line_end(data, pos)
-        try:
-            yield pos, view[pos:eol], orjson.loads(view[pos:eol]), None
-            pos = eol + 1
+        if prev_end < 0 or data.find(b"\n", prev_end, pos) >= 0:  # at a line start
+            try:
+                yield pos, view[pos:eol], orjson.loads(view[pos:eol]), None
+                prev_end, pos = eol, eol + 1
+                continue
+            except orjson.JSONDecodeError:
+                pass
+        end, value = _concatenated(view, data, pos, eol)
+        if end is not None:
+            yield pos, view[pos:end], value, None
+            prev_end = pos = end
             continue
-        except orjson.JSONDecodeError:
-            pass
         if text is None:
             text = data.decode("latin-1")
         try:
@@ -156,7 +165,7 @@ def split_units(data: bytes) -> Iterator[tuple[int, bytes | memoryview, Any, str
         except json.JSONDecodeError as e:
             stop = eol if _next_line_parses(data, eol) else max(eol, _line_end(data, e.pos))
             yield pos, data[pos:stop].rstrip(b"\r"), None, str(e)
-            pos = stop + 1
+            prev_end, pos = stop, stop + 1
             continue
         try:
             value = orjson.loads(view[pos:end])
@@ -164,7 +173,26 @@ def split_units(data: bytes) -> Iterator[tuple[int, bytes | memoryview, Any, str
             yield pos, data[pos:end], None, str(e)
         else:
             yield pos, view[pos:end], value, None
-        pos = end
+        prev_end = pos = end
+
+
+def _concatenated(view: memoryview, data: bytes, pos: int, eol: int) -> tuple[int | None, Any]:
+    """End and value of the object at ``pos`` when another follows with no delimiter.
+
+    Firehose writes records back to back (``}{``): try the candidate boundaries in this
+    line, each parse costing only the object's length. ``(None, None)`` when no candidate
+    works (the caller then scans with a full JSON scanner).
+    """
+    search = pos
+    for _ in range(_MAX_BOUNDARY_TRIES):
+        boundary = data.find(b"}{", search, eol)
+        if boundary < 0:
+            break
+        try:
+            return boundary + 1, orjson.loads(view[pos:boundary + 1])
+        except orjson.JSONDecodeError:
+            search = boundary + 1
+    return None, None
 
 
 def _line_end(data: bytes, pos: int) -> int:
