@@ -171,3 +171,12 @@ def test_cli_exit_code_and_summary(tmp_path, capsys):
     assert "balanced" in printed and "messages" in printed
     assert json.loads((out / "summary.json").read_text())["messages"] == 5
     assert main(["nonsense"]) == 2
+
+
+def test_demo_command(tmp_path, capsys):
+    assert main(["demo", "--dir", str(tmp_path / "demo"), "--events", "400", "--days", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "matches the generator's ground truth" in printed
+    report = (tmp_path / "demo" / "report.txt").read_text()
+    assert "Top 10 sender domains" in report and "dmarc" in report
+    assert (tmp_path / "demo" / "output" / "summary.json").exists()

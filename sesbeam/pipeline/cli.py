@@ -109,6 +109,15 @@ def _demo(argv: list[str]) -> int:
     start = time.monotonic()
     summary = run_batch(["--input", archive, "--output", output])
     print(format_summary(summary, time.monotonic() - start))
+    from sesbeam.pipeline.report import text_report
+
+    report = text_report(output)
+    report_path = os.path.join(args.dir, "report.txt")
+    with open(report_path, "w", encoding="utf-8") as f:
+        f.write(report)
+    print()
+    print(report)
+    print(f"report written to {report_path}; tables in {output}/")
     expected = {k: manifest[k] for k in ("records", "messages", "duplicates")}
     got = {k: summary[k] for k in expected}
     print("matches the generator's ground truth" if got == expected
