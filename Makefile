@@ -15,10 +15,10 @@ $(VENV)/.installed: setup.py
 	touch $@
 
 test: venv
-	$(BIN)/python -m pytest -q -n 2 tests
+	$(BIN)/python -m pytest -q -rs -n 2 --dist loadfile tests
 
 test-fast: venv
-	$(BIN)/python -m pytest -q -n 2 -m "not slow" tests
+	$(BIN)/python -m pytest -q -rs -n 2 --dist loadfile -m "not slow" tests
 
 demo: venv
 	$(BIN)/sesbeam demo --dir demo
