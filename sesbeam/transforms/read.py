@@ -16,9 +16,8 @@ import os
 from typing import Iterator
 
 import apache_beam as beam
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
 
+from sesbeam.transforms._storage import Storage, is_remote
 from sesbeam.transforms.decode import SourceFile
 
 __all__ = ["ReadArchives", "expand_location", "read_source"]
@@ -27,37 +26,36 @@ _LOG = logging.getLogger(__name__)
 _GLOB_CHARS = "*?["
 
 
-def expand_location(location: str) -> Iterator[tuple[str, int, int | None]]:
+def expand_location(location: str, storage: Storage | None = None,
+                    ) -> Iterator[tuple[str, int, int | None]]:
     """``(path, size, mtime_ms)`` of every object a location names.
 
     A location is a file or object, a glob (``**`` crosses directories), or a directory
     or ``s3://bucket/prefix`` read recursively. Directory markers (keys ending in ``/``)
     are left out.
     """
+    storage = storage or Storage()
     if any(c in location for c in _GLOB_CHARS):
-        patterns = [location]
-    elif FileSystems.exists(location) and not location.endswith("/") and not _is_dir(location):
-        patterns = [location]
+        pattern = location
+    elif not is_remote(location) and os.path.isdir(location):
+        pattern = location.rstrip("/") + "/**"
+    elif not location.endswith("/") and storage.exists(location):
+        pattern = location
     else:
-        patterns = [location.rstrip("/") + "/**"]
+        pattern = location.rstrip("/") + "/**"
     seen = set()
-    for result in FileSystems.match(patterns):
-        for meta in result.metadata_list:
-            if meta.path.endswith("/") or meta.path in seen:
-                continue
-            seen.add(meta.path)
-            mtime = getattr(meta, "last_updated_in_seconds", None)
-            yield meta.path, meta.size_in_bytes, int(mtime * 1000) if mtime else None
+    for path, size, mtime in storage.list(pattern):
+        if path.endswith("/") or path in seen:
+            continue
+        seen.add(path)
+        yield path, size, int(mtime * 1000) if mtime else None
 
 
-def _is_dir(location: str) -> bool:
-    return "://" not in location and os.path.isdir(location)
-
-
-def read_source(path: str, mtime_ms: int | None = None) -> SourceFile:
+def read_source(path: str, mtime_ms: int | None = None,
+                storage: Storage | None = None) -> SourceFile:
     """The whole object at ``path``, or a ``SourceFile`` carrying the read error."""
     try:
-        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        with (storage or Storage()).open(path) as f:
             data = f.read()
     except Exception as e:  # noqa: BLE001 - any read failure becomes a dead letter
         _LOG.warning("could not read %s: %s", path, e)
@@ -66,13 +64,25 @@ def read_source(path: str, mtime_ms: int | None = None) -> SourceFile:
 
 
 class _ExpandDoFn(beam.DoFn):
+    def setup(self):
+        self._storage = Storage()
+
     def process(self, location: str):
         found = 0
-        for path, size, mtime in expand_location(location):
+        for path, _, mtime in expand_location(location, self._storage):
             found += 1
             yield path, mtime
         if not found:
             _LOG.warning("input %s matched no objects", location)
+
+
+class _ReadDoFn(beam.DoFn):
+    def setup(self):
+        self._storage = Storage()
+
+    def process(self, element):
+        path, mtime_ms = element
+        yield read_source(path, mtime_ms, self._storage)
 
 
 class ReadArchives(beam.PTransform):
@@ -90,5 +100,5 @@ class ReadArchives(beam.PTransform):
             | "Locations" >> beam.Create(self._locations)
             | "List" >> beam.ParDo(_ExpandDoFn())
             | "Distribute" >> beam.Reshuffle()
-            | "Read" >> beam.MapTuple(read_source)
+            | "Read" >> beam.ParDo(_ReadDoFn())
         )

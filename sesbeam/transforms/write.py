@@ -19,11 +19,11 @@ import apache_beam as beam
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms import window as beam_window
 
 from sesbeam.schemas import PARTITION_COLUMN, TABLES, parquet_metadata
 from sesbeam.transforms._arrow import MS_PER_DAY, epoch_ms, partition
+from sesbeam.transforms._storage import Storage, is_remote
 from sesbeam.transforms.summary import build_summary, merge_tallies
 
 __all__ = ["CommitOutput", "WriteTable", "write_parquet"]
@@ -43,11 +43,12 @@ def day_name(day: int) -> str:
     return (_EPOCH_DAY + timedelta(days=day)).isoformat()
 
 
-def write_parquet(table: pa.Table, path: str, table_name: str) -> None:
+def write_parquet(table: pa.Table, path: str, table_name: str,
+                  storage: Storage | None = None) -> None:
     """Write ``table`` to ``path`` (any Beam filesystem) as one zstd Parquet file."""
     schema = TABLES[table_name][0]
     schema = schema.with_metadata({**(schema.metadata or {}), **parquet_metadata(table_name)})
-    with FileSystems.create(path, mime_type="application/vnd.apache.parquet") as f:
+    with (storage or Storage()).create(path, mime_type="application/vnd.apache.parquet") as f:
         with pq.ParquetWriter(f, schema, compression="zstd") as writer:
             writer.write_table(table.select(schema.names).cast(schema),
                                row_group_size=ROWS_PER_GROUP)
@@ -66,6 +67,9 @@ class _WriteDoFn(beam.DoFn):
         self._table = table
         self._run_id = run_id
 
+    def setup(self):
+        self._storage = Storage()
+
     def process(self, element):
         day, parts = element
         table = pa.concat_tables([pa.table(p) if isinstance(p, pa.RecordBatch) else p
@@ -79,7 +83,8 @@ class _WriteDoFn(beam.DoFn):
         for i, start in enumerate(range(0, table.num_rows, ROWS_PER_FILE)):
             relative = f"{folder}/part-{i:05d}-{self._run_id}.parquet"
             rows = min(ROWS_PER_FILE, table.num_rows - start)
-            write_parquet(table.slice(start, rows), f"{self._staging}/{relative}", self._table)
+            write_parquet(table.slice(start, rows), f"{self._staging}/{relative}", self._table,
+                          self._storage)
             yield {"files": [relative], "tables": {self._table: {"files": 1, "rows": rows}}}
 
 
@@ -104,51 +109,39 @@ class WriteTable(beam.PTransform):
         )
 
 
-def _ensure_parent(path: str) -> None:
-    if "://" in path:
-        return  # object stores have no directories
-    parent = path.rsplit("/", 1)[0]
-    if not FileSystems.exists(parent):
-        try:
-            FileSystems.mkdirs(parent)
-        except IOError:
-            pass  # created concurrently
-
-
-def _existing(folder: str) -> list[str]:
-    if not FileSystems.exists(folder) and "://" not in folder:
-        return []
-    return [m.path for r in FileSystems.match([folder + "/**"]) for m in r.metadata_list]
-
-
 class _CommitDoFn(beam.DoFn):
     def __init__(self, output: str, staging: str, context: dict):
         self._output = output
         self._staging = staging
         self._context = context
 
+    def setup(self):
+        self._storage = Storage()
+
+    def _existing(self, folder: str) -> list[str]:
+        if not is_remote(folder) and not self._storage.exists(folder):
+            return []
+        return [path for path, _, _ in self._storage.list(folder + "/**")]
+
     def process(self, tally: dict):
         tally = dict(tally)
         files = tally.pop("files", [])
+        staged = set(self._existing(self._staging))
         keep = set()
         for relative in sorted(files):
             src, dst = f"{self._staging}/{relative}", f"{self._output}/{relative}"
             keep.add(dst)
-            if FileSystems.exists(src):
-                _ensure_parent(dst)
-                FileSystems.rename([src], [dst])
+            if src in staged:  # absent when a retried commit already moved it
+                self._storage.rename(src, dst)
         for table in TABLES:
-            stale = [p for p in _existing(f"{self._output}/{table}") if p not in keep]
-            if stale:
-                FileSystems.delete(stale)
+            self._storage.delete(
+                [p for p in self._existing(f"{self._output}/{table}") if p not in keep])
         summary = build_summary(tally, output=self._output, **self._context)
-        with FileSystems.create(f"{self._output}/summary.json", mime_type="application/json") as f:
+        with self._storage.create(f"{self._output}/summary.json", "application/json") as f:
             f.write(json.dumps(summary, indent=2).encode() + b"\n")
-        leftovers = _existing(self._staging)
-        if leftovers:
-            FileSystems.delete(leftovers)
-        if "://" not in self._staging and FileSystems.exists(self._staging):
-            FileSystems.delete([self._staging])
+        self._storage.delete(self._existing(self._staging))
+        if not is_remote(self._staging) and self._storage.exists(self._staging):
+            self._storage.delete([self._staging])
         yield summary
 
 
