@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, TestOptions
 
 from sesbeam.pipeline.options import BatchOptions, parse_duration
 from sesbeam.schemas import SCHEMA_VERSION
@@ -69,7 +69,10 @@ def read_summary(output: str) -> dict:
 
 
 def run_batch(argv: list[str] | None = None) -> dict:
-    """Run the batch pipeline with command-line style arguments; returns the summary."""
+    """Run the batch pipeline with command-line style arguments; returns the summary.
+
+    With ``--dry_run`` (DataflowRunner) the job is only translated: returns ``{}``.
+    """
     options = PipelineOptions(argv)
     batch = options.view_as(BatchOptions)
     if not batch.input or not batch.output:
@@ -82,6 +85,8 @@ def run_batch(argv: list[str] | None = None) -> dict:
     with beam.Pipeline(options=options) as pipeline:
         build_batch(pipeline, batch.input, batch.output, window_s=window_s, run_id=run_id,
                     dedupe_buckets=batch.dedupe_buckets)
+    if options.view_as(TestOptions).dry_run:
+        return {}
     summary = read_summary(batch.output)
     if summary.get("run_id") != run_id:
         raise RuntimeError(f"summary.json in {batch.output} is not from run {run_id}")

@@ -56,6 +56,9 @@ def _batch(argv: list[str]) -> int:
         return 0
     start = time.monotonic()
     summary = run_batch(argv)
+    if not summary:
+        print("dry run: the pipeline was translated, nothing was executed")
+        return 0
     print(format_summary(summary, time.monotonic() - start))
     return 0 if summary["balanced"] else EXIT_UNBALANCED
 
