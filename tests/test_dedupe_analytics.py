@@ -177,3 +177,19 @@ def test_empty_combine_and_window_columns():
     batch = with_window(out, 0, 86_400_000, VERDICT_STATS)
     assert batch.schema == VERDICT_STATS
     assert batch.column("window_end")[0].value == 86_400_000
+
+
+def test_parts_sent_through_a_shuffle_do_not_drag_their_parent_along():
+    import pickle
+
+    import numpy as np
+
+    from sesbeam.transforms._arrow import partition, to_batches
+
+    big = table(make_rows(20000, seed=6, dup_rate=0.0))
+    whole = len(pickle.dumps(big))
+    parts = list(partition(big, np.arange(big.num_rows) % 16))
+    assert len(parts) == 16
+    assert sum(len(pickle.dumps(t)) for _, t in parts) < 1.5 * whole
+    batches = list(to_batches(big, max_rows=1000))
+    assert sum(len(pickle.dumps(b)) for b in batches) < 1.5 * whole
