@@ -42,6 +42,11 @@ __all__ = [
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MS = timedelta(milliseconds=1)
 _COMMENT = re.compile(r"\([^()]*\)")
+_LAST_ANGLE = re.compile(r".*<([^>]*)", re.S)
+_FIRST_ITEM = re.compile(r"[^,]*")
+_ADDRESS_TRIM = ' \t\r\n"'
+_DOMAIN_TRIM = ' \t\r\n">'
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 #: ``2018-10-08T14:05:45 +0000``: a space before the offset, seen in one AWS doc example.
 _SPACED_OFFSET = re.compile(r"^(.*\d)\s+([+-]\d{2}:?\d{2}|Z)$")
 
@@ -83,30 +88,29 @@ def address_of(value: Any) -> str | None:
     """The address in one From-style header entry.
 
     ``"Doe, John" <a@b.c>``, ``Norton I., Emperor <a@b.c>``, ``=?UTF-8?B?...?= <a@b.c>``
-    and ``The Service <The Service <a@b.c>>`` all give ``a@b.c`` (the last ``<...>`` wins);
-    without angle brackets, the first comma-separated item with comments removed.
+    and ``The Service <The Service <a@b.c>>`` all give ``a@b.c``: with a ``<``, the text
+    after the last one up to the next ``>``; without, the first comma-separated item once
+    parenthesised comments are removed. Spaces and double quotes around it are trimmed.
     """
     if not isinstance(value, str):
         return None
-    text = value.strip()
-    left = text.rfind("<")
-    if left >= 0:
-        right = text.find(">", left)
-        addr = text[left + 1:right if right >= 0 else len(text)]
+    if "<" in value:
+        addr = _LAST_ANGLE.match(value).group(1)
     else:
-        addr = _COMMENT.sub("", text).split(",", 1)[0]
-    addr = addr.strip().strip('"').strip()
+        addr = _FIRST_ITEM.match(_COMMENT.sub("", value)).group(0)
+    addr = addr.strip(_ADDRESS_TRIM)
     return addr or None
 
 
 def domain_of(address: str | None) -> str | None:
-    """Lowercased domain of an address, trailing dot removed; None without one."""
+    """Domain of an address: after the last ``@``, trimmed, trailing dots removed,
+    ASCII-lowercased; None without one."""
     if not address:
         return None
     at = address.rfind("@")
     if at < 0:
         return None
-    domain = address[at + 1:].strip().strip('">').rstrip(".").lower()
+    domain = address[at + 1:].strip(_DOMAIN_TRIM).rstrip(".").translate(_ASCII_LOWER)
     return domain or None
 
 
@@ -218,7 +222,7 @@ def normalize_ses(n: dict, envelope: str, source_uri: str, source_record: int) -
         _status(receipt.get("spfVerdict"), "receipt.spfVerdict"),
         _status(receipt.get("dkimVerdict"), "receipt.dkimVerdict"),
         _status(receipt.get("dmarcVerdict"), "receipt.dmarcVerdict"),
-        policy.lower() if policy else policy,
+        policy.translate(_ASCII_LOWER) if policy else policy,
         _int(receipt.get("processingTimeMillis"), "receipt.processingTimeMillis"),
         [action_type] if action_type else [],
         _str(action.get("bucketName"), "receipt.action.bucketName") if s3 else None,
