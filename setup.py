@@ -19,6 +19,7 @@ setup(
         "pyarrow>=16,<27",
         "orjson>=3.9,<4",
         "numpy>=1.24,<3",
+        "cryptography>=39,<60",
     ],
     extras_require={
         "test": [

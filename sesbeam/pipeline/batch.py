@@ -13,6 +13,8 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from sesbeam.pipeline.options import BatchOptions, parse_duration
 from sesbeam.schemas import SCHEMA_VERSION
+from sesbeam.transforms.privacy import PrivacyPolicy, ProtectPersonalData, hash_key_from_env
+from sesbeam.transforms.signatures import CertificateStore
 from sesbeam.transforms import (
     CommitOutput,
     ComputeSenderStats,
@@ -24,7 +26,8 @@ from sesbeam.transforms import (
     WriteTable,
 )
 
-__all__ = ["DEFAULT_LOCAL_RUNNER", "build_batch", "new_run_id", "read_summary", "run_batch"]
+__all__ = ["DEFAULT_LOCAL_RUNNER", "UsageError", "build_batch", "new_run_id", "read_summary",
+           "run_batch", "security_from_options"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -40,26 +43,70 @@ def new_run_id() -> str:
 
 
 def build_batch(pipeline: beam.Pipeline, inputs: list[str], output: str, *, window_s: int,
-                run_id: str, dedupe_buckets: int = 16):
-    """Add the batch graph to ``pipeline``; returns the PCollection of the run summary."""
+                run_id: str, dedupe_buckets: int = 16,
+                certificates: CertificateStore | None = None,
+                privacy: PrivacyPolicy | None = None):
+    """Add the batch graph to ``pipeline``; returns the PCollection of the run summary.
+
+    ``certificates``: verify SNS signatures with this store. ``privacy``: hash or drop
+    personal fields after deduplication (statistics work on the protected rows).
+    """
     output = output.rstrip("/")
     staging = f"{output}/_staging/{run_id}"
-    decoded = pipeline | "ReadArchives" >> ReadArchives(inputs) | DecodeNotifications()
+    decoded = (pipeline | "ReadArchives" >> ReadArchives(inputs)
+               | DecodeNotifications(certificates))
     deduped = decoded["messages"] | DeduplicateMessages(dedupe_buckets)
-    messages = deduped["messages"]
+    messages, dead_letters = deduped["messages"], decoded["dead_letters"]
+    if privacy is not None and not privacy.is_noop:
+        messages = messages | "ProtectMessages" >> ProtectPersonalData(privacy)
+        dead_letters = dead_letters | "ProtectDeadLetters" >> ProtectPersonalData(privacy)
     windowed = messages | WindowMessages(window_s)
     tables = {
         "messages": messages,
         "verdict_stats": windowed | ComputeVerdictStats(),
         "sender_stats": windowed | ComputeSenderStats(),
-        "dead_letters": decoded["dead_letters"],
+        "dead_letters": dead_letters,
     }
     written = [pcoll | f"Write_{name}" >> WriteTable(staging, name, run_id)
                for name, pcoll in tables.items()]
     tallies = [decoded["tallies"], deduped["tallies"], *written] | "AllTallies" >> beam.Flatten()
-    return tallies | CommitOutput(output, staging, run_id=run_id, inputs=list(inputs),
-                                  window_seconds=window_s,
-                                  schema_version=SCHEMA_VERSION)
+    context = {"run_id": run_id, "inputs": list(inputs), "window_seconds": window_s,
+               "schema_version": SCHEMA_VERSION,
+               "sns_signatures_verified": certificates is not None}
+    if privacy is not None:
+        context["privacy"] = {"local_parts": privacy.local_parts, "subjects": privacy.subjects,
+                              "message_ids": privacy.message_ids,
+                              "dead_letter_raw": privacy.dead_letter_raw}
+    return tallies | CommitOutput(output, staging, **context)
+
+
+def security_from_options(opts) -> tuple[CertificateStore | None, PrivacyPolicy | None]:
+    """The certificate store and privacy policy the options ask for (usage errors exit 2)."""
+    certificates = None
+    if opts.verify_sns_signatures:
+        certificates = CertificateStore(opts.sns_certificates,
+                                        allow_fetch=opts.fetch_sns_certificates)
+    elif opts.sns_certificates or opts.fetch_sns_certificates:
+        raise UsageError("--sns_certificates and --fetch_sns_certificates need "
+                         "--verify_sns_signatures")
+    modes = {"local_parts": opts.local_parts, "subjects": opts.subjects,
+             "message_ids": opts.message_ids, "dead_letter_raw": opts.dead_letter_raw}
+    if all(m == "keep" for m in modes.values()):
+        return certificates, None
+    key = None
+    if "hash" in modes.values():
+        try:
+            key = hash_key_from_env(opts.hash_key_env)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+    try:
+        return certificates, PrivacyPolicy(hash_key=key, **modes)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+class UsageError(ValueError):
+    """A command-line mistake: the CLI prints it and exits with code 2."""
 
 
 def read_summary(output: str) -> dict:
@@ -76,15 +123,20 @@ def run_batch(argv: list[str] | None = None) -> dict:
     options = PipelineOptions(argv)
     batch = options.view_as(BatchOptions)
     if not batch.input or not batch.output:
-        raise SystemExit("sesbeam batch: --input and --output are required")
-    window_s = parse_duration(batch.window)
+        raise UsageError("--input and --output are required")
+    try:
+        window_s = parse_duration(batch.window)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     standard = options.view_as(StandardOptions)
     if not standard.runner:
         standard.runner = DEFAULT_LOCAL_RUNNER
     run_id = batch.run_id or new_run_id()
+    certificates, privacy = security_from_options(batch)
     with beam.Pipeline(options=options) as pipeline:
         build_batch(pipeline, batch.input, batch.output, window_s=window_s, run_id=run_id,
-                    dedupe_buckets=batch.dedupe_buckets)
+                    dedupe_buckets=batch.dedupe_buckets, certificates=certificates,
+                    privacy=privacy)
     if options.view_as(TestOptions).dry_run:
         return {}
     summary = read_summary(batch.output)

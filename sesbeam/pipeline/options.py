@@ -42,3 +42,34 @@ class BatchOptions(PipelineOptions):
         parser.add_argument(
             "--run_id", "--run-id", default=None,
             help="Identifier of this run, used in file names (default: UTC time + random).")
+        _add_security_args(parser)
+
+
+def _add_security_args(parser) -> None:
+    """Signature verification and personal-data options (batch and streaming)."""
+    parser.add_argument(
+        "--verify_sns_signatures", "--verify-sns-signatures", action="store_true",
+        help="Check the signature of every SNS notification envelope; a missing or bad one "
+             "makes the record an invalid_signature dead letter.")
+    parser.add_argument(
+        "--sns_certificates", "--sns-certificates", default=None,
+        help="Directory of SNS signing certificates (*.pem, named as in SigningCertURL), "
+             "for archives and offline runs. Expired certificates are accepted.")
+    parser.add_argument(
+        "--fetch_sns_certificates", "--fetch-sns-certificates", action="store_true",
+        help="Fetch certificates missing from --sns_certificates over HTTPS, only from "
+             "sns.<region>.amazonaws.com hosts.")
+    for name, what in (("local_parts", "recipient and sender address local parts"),
+                       ("subjects", "subjects"),
+                       ("message_ids", "RFC 5322 Message-IDs (smtp_message_id)")):
+        parser.add_argument(
+            f"--{name}", f"--{name.replace('_', '-')}", choices=("keep", "hash", "drop"),
+            default="keep", help=f"What to write of {what}: keep, hash (keyed HMAC, stable "
+                                 "across runs) or drop. Statistics are unaffected.")
+    parser.add_argument(
+        "--dead_letter_raw", "--dead-letter-raw", choices=("keep", "drop"), default="keep",
+        help="Keep or drop the raw bytes of dead letters (they may hold personal data).")
+    parser.add_argument(
+        "--hash_key_env", "--hash-key-env", default="SESBEAM_HASH_KEY",
+        help="Environment variable holding the hashing key (at least 16 bytes) when a field "
+             "is hashed. Keep the key secret and the same across runs.")

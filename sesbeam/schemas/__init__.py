@@ -165,7 +165,8 @@ DEAD_LETTERS = pa.schema(
            "element); null for a whole unit."),
         _f("kind", pa.string(),
            "Error kind: invalid_json, unexpected_shape, invalid_notification, "
-           "corrupt_compression, unreadable_source, decoder_error.", nullable=False),
+           "corrupt_compression, unreadable_source, decoder_error, invalid_signature.",
+           nullable=False),
         _f("detail", pa.string(), "Human-readable reason.", nullable=False),
         _f("raw", pa.binary(),
            "The bytes that could not be decoded: the unit itself, the inner body or "

@@ -32,6 +32,7 @@ import pyarrow as pa
 
 from sesbeam.schemas import DEAD_LETTERS
 from sesbeam.transforms._arrow import MAX_BATCH_ROWS
+from sesbeam.transforms.signatures import sns_signature_failure
 from sesbeam.transforms.normalize import (
     InvalidNotification,
     MessageBuilder,
@@ -69,6 +70,8 @@ DEAD_LETTER_KINDS = {
     "corrupt_compression": "a gzip stream that is corrupt or cut short",
     "unreadable_source": "an object that could not be read",
     "decoder_error": "an object whose decoding failed unexpectedly (a bug: please report it)",
+    "invalid_signature": "an SNS envelope whose signature is missing or does not verify "
+                         "(only with signature verification on)",
 }
 
 _LOG = logging.getLogger(__name__)
@@ -226,8 +229,9 @@ def _wrapper_time(value: Any) -> int | None:
 class _SourceDecoder:
     """Decoding state of one source object; see ``decode_source``."""
 
-    def __init__(self, uri: str, mtime_ms: int | None):
+    def __init__(self, uri: str, mtime_ms: int | None, certificates=None):
         self.uri = uri
+        self.certificates = certificates  # a CertificateStore: verify SNS signatures
         self.mtime_ms = mtime_ms
         self.builder = MessageBuilder()
         self.batches: list[pa.RecordBatch] = []
@@ -308,6 +312,12 @@ class _SourceDecoder:
         elif kind != "Notification":
             self.skip("not_ses")
         else:
+            if self.certificates is not None:
+                failure = sns_signature_failure(env, self.certificates)
+                if failure:
+                    self.dead_letter("invalid_signature", f"{failure[0]}: {failure[1]}", raw(),
+                                     offset, record)
+                    return
             time_ms = _wrapper_time(env.get("Timestamp"))
             message = env.get("Message")
             if isinstance(message, dict):
@@ -390,19 +400,23 @@ class _SourceDecoder:
         return DecodedSource(self.batches, dead, tally)
 
 
-def decode_source(source: SourceFile) -> DecodedSource:
-    """Decode one whole source object (the plain twin of ``DecodeNotifications``)."""
+def decode_source(source: SourceFile, certificates=None) -> DecodedSource:
+    """Decode one whole source object (the plain twin of ``DecodeNotifications``).
+
+    With a ``CertificateStore``, every SNS notification envelope must carry a valid
+    signature; the others become ``invalid_signature`` dead letters.
+    """
     collecting = gc.isenabled()
     gc.disable()  # decoding allocates millions of acyclic objects: GC passes cost ~20%
     try:
-        return _decode(source)
+        return _decode(source, certificates)
     finally:
         if collecting:
             gc.enable()
 
 
-def _decode(source: SourceFile) -> DecodedSource:
-    decoder = _SourceDecoder(source.uri, source.mtime_ms)
+def _decode(source: SourceFile, certificates) -> DecodedSource:
+    decoder = _SourceDecoder(source.uri, source.mtime_ms, certificates)
     if source.data is None:
         decoder.dead_letter("unreadable_source", source.error or "unreadable", b"", -1)
         return decoder.result(0)
@@ -443,10 +457,10 @@ def _flush_bad(decoder: _SourceDecoder, bad: list) -> None:
     bad.clear()
 
 
-def _decode_guarded(source: SourceFile) -> DecodedSource:
+def _decode_guarded(source: SourceFile, certificates=None) -> DecodedSource:
     """``decode_source``; should it fail unexpectedly, the whole source is one dead letter."""
     try:
-        return decode_source(source)
+        return decode_source(source, certificates)
     except Exception as e:  # noqa: BLE001 - bad input must never stop a run
         _LOG.exception("decoding %s failed", source.uri)
         decoder = _SourceDecoder(source.uri, source.mtime_ms)
@@ -455,8 +469,11 @@ def _decode_guarded(source: SourceFile) -> DecodedSource:
 
 
 class _DecodeDoFn(beam.DoFn):
+    def __init__(self, certificates=None):
+        self._certificates = certificates
+
     def process(self, source: SourceFile):
-        decoded = _decode_guarded(source)
+        decoded = _decode_guarded(source, self._certificates)
         yield from decoded.messages
         if decoded.dead_letters is not None:
             yield beam.pvalue.TaggedOutput(DecodeNotifications.DEAD_LETTERS, decoded.dead_letters)
@@ -474,7 +491,12 @@ class DecodeNotifications(beam.PTransform):
     DEAD_LETTERS = "dead_letters"
     TALLIES = "tallies"
 
+    def __init__(self, certificates=None):
+        """``certificates``: a ``CertificateStore`` to verify SNS signatures with."""
+        super().__init__()
+        self._certificates = certificates
+
     def expand(self, sources):
-        outputs = sources | "Decode" >> beam.ParDo(_DecodeDoFn()).with_outputs(
+        outputs = sources | "Decode" >> beam.ParDo(_DecodeDoFn(self._certificates)).with_outputs(
             self.DEAD_LETTERS, self.TALLIES, main=self.MESSAGES)
         return {name: outputs[name] for name in (self.MESSAGES, self.DEAD_LETTERS, self.TALLIES)}
