@@ -1,0 +1,79 @@
+"""The batch pipeline over S3 that fails now and then gives the same result as a clean run."""
+
+from __future__ import annotations
+
+import pytest
+
+boto3 = pytest.importorskip("boto3")
+moto_server = pytest.importorskip("moto.server")
+
+from sesbeam.generate import generate_archive  # noqa: E402
+from sesbeam.pipeline.batch import run_batch  # noqa: E402
+from tests.faultproxy import DROP, INTERNAL_ERROR, SLOW_DOWN, FaultProxy  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def moto(tmp_path_factory):
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    mp = pytest.MonkeyPatch()
+    try:
+        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3",
+                     "AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE"):
+            mp.delenv(name, raising=False)
+        mp.setenv("AWS_ACCESS_KEY_ID", "testing")
+        mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        host, port = server.get_host_and_port()
+        url = f"http://{host}:{port}"
+        mp.setenv("AWS_ENDPOINT_URL", url)
+        s3 = boto3.client("s3", endpoint_url=url)
+        for bucket in ("archive", "clean", "faulty"):
+            s3.create_bucket(Bucket=bucket)
+        archive = tmp_path_factory.mktemp("archive")
+        manifest = generate_archive(str(archive), events=800, seed=3, days=2, bad_records=4,
+                                    files_per_format=2)
+        for path in archive.rglob("*"):
+            if path.is_file():
+                s3.upload_file(str(path), "archive", f"ses/{path.relative_to(archive)}")
+        yield url, manifest
+    finally:
+        mp.undo()
+        server.stop()
+
+
+def _tables(url: str, bucket: str) -> dict:
+    import io
+
+    import pyarrow.parquet as pq
+
+    s3 = boto3.client("s3", endpoint_url=url)
+    rows = {}
+    for obj in s3.list_objects_v2(Bucket=bucket).get("Contents", []):
+        if obj["Key"].endswith(".parquet"):
+            table = obj["Key"].split("/")[1]
+            body = s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
+            rows.setdefault(table, []).extend(
+                sorted(map(str, pq.read_table(io.BytesIO(body)).to_pylist())))
+    return {k: sorted(v) for k, v in rows.items()}
+
+
+def test_transient_errors_do_not_change_the_result(moto, monkeypatch):
+    url, manifest = moto
+    clean = run_batch(["--input", "s3://archive/ses", "--output", "s3://clean/out"])
+    with FaultProxy(url, seed=99) as proxy:
+        for fault in (SLOW_DOWN, INTERNAL_ERROR, DROP):
+            proxy.add_random(fault, 0.04)
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        monkeypatch.setenv("AWS_RETRY_MODE", "standard")
+        monkeypatch.setenv("AWS_MAX_ATTEMPTS", "10")
+        faulty = run_batch(["--input", "s3://archive/ses", "--output", "s3://faulty/out"])
+        injected = proxy.counters()["injected"]
+    assert injected > 0
+    for key in ("records", "messages", "duplicates", "skipped_reasons", "dead_letter_kinds",
+                "balanced"):
+        assert faulty[key] == clean[key], key
+    assert clean["messages"] == manifest["messages"]
+    assert _tables(url, "faulty") == _tables(url, "clean")
