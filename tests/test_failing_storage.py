@@ -77,3 +77,25 @@ def test_transient_errors_do_not_change_the_result(moto, monkeypatch):
         assert faulty[key] == clean[key], key
     assert clean["messages"] == manifest["messages"]
     assert _tables(url, "faulty") == _tables(url, "clean")
+
+
+def test_object_that_stays_unreadable(moto, monkeypatch, tmp_path):
+    from sesbeam.pipeline.cli import main
+
+    url, manifest = moto
+    s3 = boto3.client("s3", endpoint_url=url)
+    s3.put_object(Bucket="archive", Key="broken/a.json", Body=b'{"x": 1}\n')
+    s3.put_object(Bucket="archive", Key="broken/b.json", Body=b'{"y": 2}\n')
+    with FaultProxy(url, seed=5) as proxy:
+        proxy.add_random(INTERNAL_ERROR, 1.0,
+                         match=lambda r: r.method == "GET" and r.path.endswith("/broken/b.json"))
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        monkeypatch.setenv("AWS_MAX_ATTEMPTS", "3")
+        code = main(["batch", "--input", "s3://archive/broken", "--output", "s3://faulty/broken"])
+        assert code == 4
+        summary = run_batch(["--input", "s3://archive/broken", "--output", "s3://faulty/b2"])
+        assert summary["dead_letter_kinds"] == {"unreadable_source": 1}
+        assert summary["skipped_reasons"] == {"not_ses": 1} and summary["balanced"]
+        with pytest.raises(Exception, match="broken/b.json"):
+            run_batch(["--input", "s3://archive/broken", "--output", "s3://faulty/b3",
+                       "--fail_on_unreadable"])

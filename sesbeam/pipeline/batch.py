@@ -45,7 +45,7 @@ def new_run_id() -> str:
 def build_batch(pipeline: beam.Pipeline, inputs: list[str], output: str, *, window_s: int,
                 run_id: str, dedupe_buckets: int = 16,
                 certificates: CertificateStore | None = None,
-                privacy: PrivacyPolicy | None = None):
+                privacy: PrivacyPolicy | None = None, fail_on_unreadable: bool = False):
     """Add the batch graph to ``pipeline``; returns the PCollection of the run summary.
 
     ``certificates``: verify SNS signatures with this store. ``privacy``: hash or drop
@@ -53,7 +53,7 @@ def build_batch(pipeline: beam.Pipeline, inputs: list[str], output: str, *, wind
     """
     output = output.rstrip("/")
     staging = f"{output}/_staging/{run_id}"
-    decoded = (pipeline | "ReadArchives" >> ReadArchives(inputs)
+    decoded = (pipeline | "ReadArchives" >> ReadArchives(inputs, fail_on_unreadable)
                | DecodeNotifications(certificates))
     deduped = decoded["messages"] | DeduplicateMessages(dedupe_buckets)
     messages, dead_letters = deduped["messages"], decoded["dead_letters"]
@@ -136,7 +136,7 @@ def run_batch(argv: list[str] | None = None) -> dict:
     with beam.Pipeline(options=options) as pipeline:
         build_batch(pipeline, batch.input, batch.output, window_s=window_s, run_id=run_id,
                     dedupe_buckets=batch.dedupe_buckets, certificates=certificates,
-                    privacy=privacy)
+                    privacy=privacy, fail_on_unreadable=batch.fail_on_unreadable)
     if options.view_as(TestOptions).dry_run:
         return {}
     summary = read_summary(batch.output)

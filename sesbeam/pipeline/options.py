@@ -42,6 +42,10 @@ class BatchOptions(PipelineOptions):
         parser.add_argument(
             "--run_id", "--run-id", default=None,
             help="Identifier of this run, used in file names (default: UTC time + random).")
+        parser.add_argument(
+            "--fail_on_unreadable", "--fail-on-unreadable", action="store_true",
+            help="Fail the run when an archive object cannot be read (default: record it as "
+                 "an unreadable_source dead letter, go on, and exit with code 4).")
         _add_security_args(parser)
 
 

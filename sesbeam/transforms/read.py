@@ -77,22 +77,34 @@ class _ExpandDoFn(beam.DoFn):
 
 
 class _ReadDoFn(beam.DoFn):
+    def __init__(self, fail_on_unreadable: bool):
+        self._fail = fail_on_unreadable
+
     def setup(self):
         self._storage = Storage()
 
     def process(self, element):
         path, mtime_ms = element
-        yield read_source(path, mtime_ms, self._storage)
+        source = read_source(path, mtime_ms, self._storage)
+        if source.data is None and self._fail:
+            raise IOError(f"cannot read {path}: {source.error}")
+        yield source
 
 
 class ReadArchives(beam.PTransform):
-    """Locations -> one ``SourceFile`` per archive object found under them."""
+    """Locations -> one ``SourceFile`` per archive object found under them.
 
-    def __init__(self, locations: list[str]):
+    An object that cannot be read (after the client's retries) becomes a ``SourceFile``
+    without data, which decodes to an ``unreadable_source`` dead letter; with
+    ``fail_on_unreadable`` the read fails the pipeline instead.
+    """
+
+    def __init__(self, locations: list[str], fail_on_unreadable: bool = False):
         super().__init__()
         if not locations:
             raise ValueError("ReadArchives needs at least one location")
         self._locations = list(locations)
+        self._fail = fail_on_unreadable
 
     def expand(self, pbegin):
         return (
@@ -100,5 +112,5 @@ class ReadArchives(beam.PTransform):
             | "Locations" >> beam.Create(self._locations)
             | "List" >> beam.ParDo(_ExpandDoFn())
             | "Distribute" >> beam.Reshuffle()
-            | "Read" >> beam.ParDo(_ReadDoFn())
+            | "Read" >> beam.ParDo(_ReadDoFn(self._fail))
         )
