@@ -28,9 +28,15 @@ setup(
             "hypothesis>=6.100,<7",
             "moto[server]>=5.0,<6",
             "boto3>=1.34,<2",
-            "duckdb>=1.0,<3",
+            "duckdb>=2.0,<3",
+            "polars>=2.1,<3",
             # DataflowRunner --dry_run translation test (offline).
             "apache-beam[aws,gcp]>=2.60,<3",
+        ],
+        # benchmarks/run.py: the engines sesbeam is compared with, pinned.
+        "bench": [
+            "duckdb==2.0.0",
+            "polars==2.1.0",
         ],
     },
     entry_points={"console_scripts": ["sesbeam=sesbeam.pipeline.cli:main"]},

@@ -342,3 +342,16 @@ def test_brace_pair_inside_a_string_does_not_split_an_object():
     rows, dead, _ = decode(data)
     assert [r["message_id"] for r in rows] == ["a", "b"] and dead == []
     assert rows[0]["subject"] == "x}{y}{z}{"
+
+
+def test_long_firehose_line_is_scanned_for_its_end_once(monkeypatch):
+    from sesbeam.transforms import decode as decode_module
+
+    calls = []
+    real = decode_module._line_end
+    monkeypatch.setattr(decode_module, "_line_end",
+                        lambda data, pos: calls.append(pos) or real(data, pos))
+    data = b"".join(json.dumps(notification(f"f{i}"), separators=(",", ":")).encode()
+                    for i in range(500))
+    assert len(list(split_units(data))) == 500
+    assert len(calls) == 1  # each search for the line end scans the rest of the object

@@ -132,7 +132,7 @@ def test_same_seed_same_bytes_different_seed_differs(tmp_path):
     kw = dict(events=150, bad_records=5, days=3)
     m1 = generate_archive(str(tmp_path / "a"), seed=1, **kw)
     m2 = generate_archive(str(tmp_path / "b"), seed=1, **kw)
-    m3 = generate_archive(str(tmp_path / "c"), seed=2, **kw)
+    generate_archive(str(tmp_path / "c"), seed=2, **kw)
     h1, h2, h3 = (file_hashes(tmp_path / d) for d in "abc")
     assert m1 == m2 and h1 == h2 and len(h1) == len(m1["files"])
     assert set(h1.values()).isdisjoint(h3.values())
@@ -260,3 +260,128 @@ def test_format_subsets(tmp_path, formats):
     assert len(t.receipts) == m["receipt_messages"] == 100
     assert m["workmail_messages"] == 0
     assert t.records == m["records"]
+
+
+def test_spilling_to_disk_changes_no_byte(tmp_path, monkeypatch):
+    """Records go through the scratch spill; flushing after every record gives the same
+    archive as buffering everything, and the scratch directory is removed."""
+    from sesbeam import generate
+
+    kw = dict(events=300, seed=4, bad_records=6, files_per_format=3)
+    m1 = generate_archive(str(tmp_path / "a"), **kw)
+    monkeypatch.setattr(generate._Spill, "_FLUSH_ONE", 1)
+    monkeypatch.setattr(generate._Spill, "_FLUSH_ALL", 1)
+    m2 = generate_archive(str(tmp_path / "b"), **kw)
+    assert m1 == m2 and file_hashes(tmp_path / "a") == file_hashes(tmp_path / "b")
+    assert not [n for n in os.listdir(tmp_path / "b") if n.startswith(".")]
+
+
+# -- the benchmark data set ----------------------------------------------------------------------
+
+from sesbeam.generate import BENCH_LAYOUTS, generate_benchmark_archive  # noqa: E402 (section)
+
+
+def bench_tally(root, manifest):
+    t = tally(root, manifest)
+    assert not t.counts.keys() - {"duplicate"}, t.counts  # only receipts and duplicates
+    return t
+
+
+@pytest.mark.parametrize("layout", BENCH_LAYOUTS)
+def test_benchmark_archive_reads_back(tmp_path, layout):
+    m = generate_benchmark_archive(str(tmp_path), 1200, layout=layout, files=5, seed=3,
+                                   processes=1)
+    t = bench_tally(str(tmp_path), m)
+    assert m["records"] == m["events"] == t.records == 1200
+    assert len(t.receipts) == m["messages"] == m["receipt_messages"]
+    assert t.counts["duplicate"] == m["duplicates"] == 1200 - m["messages"] > 20
+    assert dict(t.per_day) == m["per_day"] and len(m["per_day"]) == 7
+    assert len(m["files"]) == 5 and m["files"] == sorted(m["files"])
+    raw = stored = 0
+    for rel in m["files"]:
+        with open(os.path.join(tmp_path, rel), "rb") as fh:
+            blob = fh.read()
+        assert gzip_members(blob) == 1
+        raw, stored = raw + len(gzip.decompress(blob)), stored + len(blob)
+    assert (raw, stored) == (m["bytes"], m["stored_bytes"])
+    with open(os.path.join(tmp_path, m["files"][0]), "rb") as fh:
+        first = gzip.decompress(fh.read())
+    if layout == "firehose":
+        assert b"}{" in first and b"\n" not in first
+    else:
+        assert first.count(b"\n") == len(first.splitlines())
+    # canonical SES shapes only
+    receipts = [n["receipt"] for n in t.leaves]
+    assert all(isinstance(r["processingTimeMillis"], int) for r in receipts)
+    assert all(isinstance(r["spamVerdict"], dict) for r in receipts)
+    assert all(r["dmarcVerdict"]["status"] == "FAIL" and isinstance(r["dmarcPolicy"], str)
+               for r in receipts if "dmarcPolicy" in r)
+    assert any("dmarcPolicy" in r for r in receipts)
+    assert all(ISO.match(n["mail"]["timestamp"]) for n in t.leaves)
+
+
+def test_benchmark_archive_deterministic_and_process_independent(tmp_path):
+    kw = dict(layout="sns_gz", files=4, seed=1)
+    m1 = generate_benchmark_archive(str(tmp_path / "a"), 500, processes=1, **kw)
+    m2 = generate_benchmark_archive(str(tmp_path / "b"), 500, processes=2, **kw)
+    generate_benchmark_archive(str(tmp_path / "c"), 500, processes=1, **{**kw, "seed": 2})
+    h1, h2, h3 = (file_hashes(tmp_path / d) for d in "abc")
+    assert m1 == m2 and h1 == h2 and len(h1) == 4
+    assert set(h1.values()).isdisjoint(h3.values())
+    assert json.loads(json.dumps(m1)) == m1
+
+
+def test_benchmark_layouts_hold_the_same_messages(tmp_path):
+    ids = {}
+    for layout in BENCH_LAYOUTS:
+        m = generate_benchmark_archive(str(tmp_path / layout), 400, layout=layout, files=3,
+                                       processes=1)
+        ids[layout] = bench_tally(str(tmp_path / layout), m).receipts
+    assert ids["sns_gz"] == ids["lambda"] == ids["firehose"] and len(ids["sns_gz"]) > 350
+
+
+def test_benchmark_duplicates(tmp_path):
+    """Identical redeliveries (byte for byte, some in a later file) and second rule actions
+    (another action, a subset of the recipients, sometimes ahead of the first one)."""
+    m = generate_benchmark_archive(str(tmp_path), 3000, layout="sns_gz", files=6, seed=5,
+                                   processes=1)
+    seen, identical, later_file, other_action, ahead = {}, 0, 0, 0, 0
+    for f, rel in enumerate(m["files"]):
+        with open(os.path.join(tmp_path, rel), "rb") as fh:
+            for line in gzip.decompress(fh.read()).splitlines():
+                note = json.loads(json.loads(line)["Message"])
+                mid = note["mail"]["messageId"]
+                if mid not in seen:
+                    seen[mid] = (f, line, note)
+                    continue
+                f0, line0, note0 = seen[mid]
+                if line == line0:
+                    identical += 1
+                    later_file += f > f0
+                else:
+                    other_action += 1
+                    a0, a1 = note0["receipt"]["action"]["type"], note["receipt"]["action"]["type"]
+                    assert {a0, a1} == {"SNS", "S3"}
+                    assert set(note["receipt"]["recipients"]) <= set(note0["mail"]["destination"])
+                    ahead += (a0, a1) == ("SNS", "S3")  # first actions are mostly S3
+    assert identical + other_action == m["duplicates"]
+    assert identical > 10 and later_file > 0 and other_action > 10 and ahead > 0
+    assert len(set(seen)) == m["messages"]
+
+
+def test_benchmark_record_size_is_realistic(tmp_path):
+    """~5 KB per SNS-wrapped notification, like the reference archive (5.1 GB for 1M)."""
+    m = generate_benchmark_archive(str(tmp_path), 1000, files=2, processes=1)
+    assert 4_800 < m["bytes"] / m["records"] < 5_800
+    assert 0.15 < m["stored_bytes"] / m["bytes"] < 0.4
+
+
+def test_benchmark_archive_arguments(tmp_path):
+    with pytest.raises(ValueError):
+        generate_benchmark_archive(str(tmp_path), 10, layout="csv")
+    with pytest.raises(ValueError):
+        generate_benchmark_archive(str(tmp_path), 10, duplicate_rate=1.5)
+    m = generate_benchmark_archive(str(tmp_path / "tiny"), 3, files=700, processes=1)
+    assert m["records"] == 3 and len(m["files"]) == m["messages"] == 3
+    empty = generate_benchmark_archive(str(tmp_path / "empty"), 0)
+    assert empty["files"] == [] and empty["records"] == 0

@@ -1,8 +1,12 @@
-"""The ``sesbeam`` command: ``batch``, ``generate``, ``demo``.
+"""The ``sesbeam`` command: ``batch``, ``generate``, ``demo``, ``report``, ``ddl``.
 
 ``sesbeam batch`` takes its own flags (``--input``, ``--output``, ``--window``, ...) and any
 Beam pipeline option (``--runner``, ``--setup_file``, ``--direct_num_workers``, ...).
-Exit codes: 0 done; 2 usage error; 3 the run's accounting does not add up.
+``--progress`` / ``--no-progress`` force or silence the progress line (shown by default
+only when stderr is a terminal). ``sesbeam report OUT`` writes the HTML report of an output;
+``sesbeam ddl OUT --dialect ...`` prints the SQL that creates warehouse tables over it.
+Exit codes: 0 done; 1 the pipeline failed; 2 usage error; 3 the run's accounting does not
+add up; 4 done, but some archive objects could not be read (see the dead letters).
 """
 
 from __future__ import annotations
@@ -10,12 +14,25 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 
 __all__ = ["main", "format_summary"]
 
+EXIT_FAILED = 1
+EXIT_USAGE = 2
 EXIT_UNBALANCED = 3
+EXIT_UNREADABLE = 4
+
+
+def exit_code(summary: dict) -> int:
+    """0 done; 3 the accounting does not add up; 4 done, but some objects were unreadable."""
+    if not summary["balanced"]:
+        return EXIT_UNBALANCED
+    if summary["dead_letter_kinds"].get("unreadable_source"):
+        return EXIT_UNREADABLE
+    return 0
 
 
 def format_summary(summary: dict, seconds: float | None = None) -> str:
@@ -26,22 +43,51 @@ def format_summary(summary: dict, seconds: float | None = None) -> str:
         ("  messages", f"{summary['messages']:,}"),
         ("  duplicates", f"{summary['duplicates']:,}"),
         ("  skipped", f"{summary['skipped']:,}"
-         + "".join(f"\n{'':20}{k}: {v:,}" for k, v in summary["skipped_reasons"].items())),
+         + "".join(f"\n{'':22}{k}: {v:,}" for k, v in summary["skipped_reasons"].items())),
         ("  dead letters", f"{summary['dead_letters']:,}"
-         + "".join(f"\n{'':20}{k}: {v:,}" for k, v in summary["dead_letter_kinds"].items())),
+         + "".join(f"\n{'':22}{k}: {v:,}" for k, v in summary["dead_letter_kinds"].items())),
         ("accounting", "balanced" if summary["balanced"] else "NOT BALANCED"),
     ]
     for name, info in summary.get("tables", {}).items():
         rows.append((f"table {name}", f"{info['rows']:,} rows in {info['files']:,} files"))
     if seconds is not None:
-        rate = summary["records"] / seconds if seconds else 0
-        rows.append(("duration", f"{seconds:,.1f} s ({rate:,.0f} records/s)"))
+        rows.append(("duration", f"{seconds:,.1f} s"))
+        if seconds > 0:
+            rows.append(("throughput", f"{summary['records'] / seconds:,.0f} records/s, "
+                                       f"{summary['bytes'] / 1e6 / seconds:,.2f} MB/s"))
     rows.append(("output", summary["output"]))
-    return "\n".join(f"{name:<18}  {value}" for name, value in rows)
+    return "\n".join(f"{name:<20}  {value}" for name, value in rows)
+
+
+def _progress_flags(argv: list[str]) -> list[str]:
+    """Take ``--progress`` / ``--no-progress`` out of ``argv`` (they set ``SESBEAM_PROGRESS``)."""
+    from sesbeam.transforms.progress import ENV
+
+    rest = []
+    for arg in argv:
+        if arg in ("--progress", "--no-progress", "--no_progress"):
+            os.environ[ENV] = "always" if arg == "--progress" else "never"
+        else:
+            rest.append(arg)
+    return rest
+
+
+def _run_batch(argv: list[str]) -> tuple[dict, float]:
+    """``run_batch`` with the progress line; returns the summary and the duration."""
+    from sesbeam.transforms import progress
+    from sesbeam.pipeline.batch import run_batch
+
+    progress.reset()
+    start = time.monotonic()
+    try:
+        summary = run_batch(argv)
+    finally:
+        progress.finish()
+    return summary, time.monotonic() - start
 
 
 def _batch(argv: list[str]) -> int:
-    from sesbeam.pipeline.batch import run_batch
+    argv = _progress_flags(argv)
 
     if not argv or argv[0] in ("-h", "--help"):
         from sesbeam.pipeline.options import BatchOptions
@@ -52,15 +98,19 @@ def _batch(argv: list[str]) -> int:
                         "verdict and sender statistics and dead letters as Parquet. "
                         "Any Apache Beam pipeline option is accepted too.")
         BatchOptions._add_argparse_args(parser)
+        parser.add_argument("--progress", action="store_true",
+                            help="Show the progress line even when stderr is not a terminal.")
+        parser.add_argument("--no-progress", action="store_true",
+                            help="Never show the progress line (default: only on a terminal; "
+                                 "the SESBEAM_PROGRESS environment variable does the same).")
         parser.print_help()
         return 0
-    start = time.monotonic()
-    summary = run_batch(argv)
+    summary, seconds = _run_batch(argv)
     if not summary:
         print("dry run: the pipeline was translated, nothing was executed")
         return 0
-    print(format_summary(summary, time.monotonic() - start))
-    return 0 if summary["balanced"] else EXIT_UNBALANCED
+    print(format_summary(summary, seconds))
+    return exit_code(summary)
 
 
 def _generate_parser(prog: str) -> argparse.ArgumentParser:
@@ -96,11 +146,9 @@ def _generate(argv: list[str]) -> int:
 
 
 def _demo(argv: list[str]) -> int:
-    import os
-
     from sesbeam.generate import generate_archive
-    from sesbeam.pipeline.batch import run_batch
 
+    argv = _progress_flags(argv)
     parser = _generate_parser("sesbeam demo")
     parser.description = "Generate a sample archive, run the batch pipeline on it, summarise."
     parser.add_argument("--dir", default="demo", help="Working directory (default ./demo).")
@@ -109,10 +157,9 @@ def _demo(argv: list[str]) -> int:
     manifest = generate_archive(archive, events=args.events, seed=args.seed, days=args.days,
                                 start=args.start, bad_records=args.bad_records or 8)
     print(f"generated {len(manifest['files'])} archive files in {archive}")
-    start = time.monotonic()
-    summary = run_batch(["--input", archive, "--output", output])
-    print(format_summary(summary, time.monotonic() - start))
-    from sesbeam.pipeline.report import text_report
+    summary, seconds = _run_batch(["--input", archive, "--output", output])
+    print(format_summary(summary, seconds))
+    from sesbeam.pipeline.report import text_report, write_html_report
 
     report = text_report(output)
     report_path = os.path.join(args.dir, "report.txt")
@@ -120,7 +167,9 @@ def _demo(argv: list[str]) -> int:
         f.write(report)
     print()
     print(report)
+    html_path = write_html_report(output, os.path.join(args.dir, "report.html"))
     print(f"report written to {report_path}; tables in {output}/")
+    print(f"HTML report: {os.path.abspath(html_path)}")
     expected = {k: manifest[k] for k in ("records", "messages", "duplicates")}
     got = {k: summary[k] for k in expected}
     print("matches the generator's ground truth" if got == expected
@@ -128,17 +177,100 @@ def _demo(argv: list[str]) -> int:
     return 0 if summary["balanced"] and got == expected else EXIT_UNBALANCED
 
 
-COMMANDS = {"batch": _batch, "generate": _generate, "demo": _demo}
+def _report(argv: list[str]) -> int:
+    from sesbeam.pipeline.report import (html_report, read_output_summary, read_table,
+                                         text_report, write_html_report)
+
+    parser = argparse.ArgumentParser(
+        prog="sesbeam report",
+        description="Turn a batch output into one self-contained HTML page (charts of verdict "
+                    "rates, top and new sender domains, DMARC failures, the run's accounting). "
+                    "No server and no network: open the file in any browser.")
+    parser.add_argument("output", metavar="OUT",
+                        help="Output of `sesbeam batch` (local or s3://).")
+    parser.add_argument("--html", default="report.html", metavar="FILE",
+                        help="Where to write the page (default ./report.html; local or s3://; "
+                             "- for stdout).")
+    parser.add_argument("--text", action="store_true",
+                        help="Also print the plain-text report.")
+    parser.add_argument("--top", type=int, default=15,
+                        help="Sender domains in the top lists (default 15).")
+    args = parser.parse_args(argv)
+    out = args.output.rstrip("/")
+    if read_output_summary(out) is None and not read_table(out, "verdict_stats",
+                                                           ["verdict"]).num_rows:
+        print(f"sesbeam report: no sesbeam output in {out} (no summary.json, no tables)",
+              file=sys.stderr)
+        return 2
+    if args.html == "-":
+        sys.stdout.write(html_report(out, top=args.top))
+        return 0
+    if args.text:
+        print(text_report(out))
+    path = write_html_report(out, args.html, top=args.top)
+    print(path if "://" in path else os.path.abspath(path))
+    return 0
+
+
+def _ddl(argv: list[str]) -> int:
+    from sesbeam.pipeline.ddl import DIALECTS, ddl, inspect_output
+
+    parser = argparse.ArgumentParser(
+        prog="sesbeam ddl",
+        description="Print the SQL that creates tables over a batch output's Parquet files "
+                    "(types and partitions from sesbeam's Arrow schemas).")
+    parser.add_argument("output", metavar="OUT",
+                        help="Output of `sesbeam batch` as the warehouse sees it (s3://, "
+                             "gs://, a local path for DuckDB).")
+    parser.add_argument("--dialect", required=True, choices=DIALECTS)
+    parser.add_argument("--database", default=None,
+                        help="Athena database, BigQuery dataset, Snowflake or DuckDB schema "
+                             "(default sesbeam; DuckDB: the current schema).")
+    parser.add_argument("--connection", default=None,
+                        help="BigQuery: the BigQuery Omni connection for s3:// output.")
+    parser.add_argument("--stage", default=None,
+                        help="Snowflake: name of the stage on OUT (default sesbeam_output).")
+    inspect = parser.add_mutually_exclusive_group()
+    inspect.add_argument("--inspect", action="store_true", default=None,
+                         help="List OUT to see which tables have files and the first day "
+                              "(default for a local OUT; remote listing needs credentials).")
+    inspect.add_argument("--no-inspect", dest="inspect", action="store_false",
+                         help="Do not list OUT: assume every table has files.")
+    args = parser.parse_args(argv)
+    out = args.output.rstrip("/")
+    if "://" not in out:
+        out = os.path.abspath(out)
+    info: dict = {}
+    if args.inspect or (args.inspect is None and "://" not in out):
+        try:
+            info = inspect_output(out)
+        except Exception as e:  # noqa: BLE001 - listing is a refinement, not a requirement
+            logging.getLogger(__name__).warning("could not list %s (%s): assuming every "
+                                                "table has files", out, e)
+    sys.stdout.write(ddl(out, args.dialect, database=args.database,
+                         connection=args.connection, stage=args.stage, **info))
+    return 0
+
+
+COMMANDS = {"batch": _batch, "generate": _generate, "demo": _demo, "report": _report,
+            "ddl": _ddl}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] not in COMMANDS:
-        print("usage: sesbeam {batch,generate,demo} [options]   (sesbeam COMMAND --help)",
+        print("usage: sesbeam {batch,generate,demo,report,ddl} [options]   "
+              "(sesbeam COMMAND --help)",
               file=sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    return COMMANDS[argv[0]](argv[1:])
+    from sesbeam.pipeline.batch import UsageError
+
+    try:
+        return COMMANDS[argv[0]](argv[1:])
+    except UsageError as e:
+        print(f"sesbeam {argv[0]}: {e}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ import pyarrow as pa
 
 from sesbeam.schemas import DEAD_LETTERS
 from sesbeam.transforms._arrow import MAX_BATCH_ROWS
+from sesbeam.transforms.progress import note_source
 from sesbeam.transforms.signatures import sns_signature_failure
 from sesbeam.transforms.normalize import (
     InvalidNotification,
@@ -145,11 +146,13 @@ def split_units(data: bytes) -> Iterator[tuple[int, bytes | memoryview, Any, str
     pos = 3 if data.startswith(_BOM) else 0
     prev_end = -1  # where the previous unit ended (its newline included); -1 at the start
     text: str | None = None  # latin-1 view of data: one char per byte, for the scanner
+    eol = -1
     while True:
         pos = _SPACE.match(data, pos).end()
         if pos >= n:
             return
-        eol = _line_end(data, pos)
+        if eol < pos:  # a long line holds many units (Firehose): find its end once
+            eol = _line_end(data, pos)
         if prev_end < 0 or data.find(b"\n", prev_end, pos) >= 0:  # at a line start
             try:
                 yield pos, view[pos:eol], orjson.loads(view[pos:eol]), None
@@ -474,6 +477,7 @@ class _DecodeDoFn(beam.DoFn):
 
     def process(self, source: SourceFile):
         decoded = _decode_guarded(source, self._certificates)
+        note_source(decoded.tally["bytes"], decoded.tally["records"])
         yield from decoded.messages
         if decoded.dead_letters is not None:
             yield beam.pvalue.TaggedOutput(DecodeNotifications.DEAD_LETTERS, decoded.dead_letters)
