@@ -194,6 +194,7 @@ def _write(out: Path, name: str, rows: list[dict], day: str | None = None) -> No
 
 def _sender(day: str, domain: str, messages: int, **fails) -> dict:
     row = {c: 0 for c in SENDER_STATS.names}
+    row.update(pane_timing="ON_TIME", pane_index=0)
     row.update(window_start=_ms(day), window_end=_ms(day) + 86_400_000, sender_domain=domain,
                messages=messages, recipients=messages, first_seen=_ms(day) + 3_600_000,
                last_seen=_ms(day) + 7_200_000, **fails)

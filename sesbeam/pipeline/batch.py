@@ -125,7 +125,7 @@ def run_batch(argv: list[str] | None = None) -> dict:
     if not batch.input or not batch.output:
         raise UsageError("--input and --output are required")
     try:
-        window_s = parse_duration(batch.window)
+        window_s = parse_duration(batch.window or "1d")
     except ValueError as e:
         raise UsageError(str(e)) from None
     standard = options.view_as(StandardOptions)

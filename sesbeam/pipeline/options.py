@@ -6,7 +6,7 @@ import re
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-__all__ = ["BatchOptions", "parse_duration"]
+__all__ = ["BatchOptions", "StreamOptions", "parse_duration"]
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*$")
@@ -34,8 +34,9 @@ class BatchOptions(PipelineOptions):
             help="Output root, local or s3://. Tables go to OUT/<table>/, the run's "
                  "accounting to OUT/summary.json. A rerun replaces the previous output.")
         parser.add_argument(
-            "--window", default="1d",
-            help="Fixed UTC window of the statistics tables: 30s, 15m, 1h, 1d, 1w.")
+            "--window", default=None,
+            help="Fixed UTC window of the statistics tables: 30s, 15m, 1h, 1d, 1w "
+                 "(default: 1d for batch, 1h for stream).")
         parser.add_argument(
             "--dedupe_buckets", "--dedupe-buckets", type=int, default=16,
             help="Shuffle buckets for deduplication by message id (parallelism of that step).")
@@ -47,6 +48,32 @@ class BatchOptions(PipelineOptions):
             help="Fail the run when an archive object cannot be read (default: record it as "
                  "an unreadable_source dead letter, go on, and exit with code 4).")
         _add_security_args(parser)
+
+
+class StreamOptions(PipelineOptions):
+    """Options of ``sesbeam stream`` besides the shared ones of ``BatchOptions``
+    (``--output``, ``--window`` (default 1h here), ``--run_id``, signatures, privacy)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument(
+            "--queue_url", "--queue-url", action="append", default=None,
+            help="SQS queue to read (subscribed to the SES topic; raw delivery on or off). "
+                 "Repeat for several queues, in any regions.")
+        parser.add_argument(
+            "--allowed_lateness", "--allowed-lateness", default="15m",
+            help="How long after a window's end late notifications still count (late panes); "
+                 "0 for none. Later ones are dropped and counted.")
+        parser.add_argument(
+            "--early_results_every", "--early-results-every", default=None,
+            help="Also emit early (partial) results every this much processing time.")
+        parser.add_argument(
+            "--idle_timeout", "--idle-timeout", type=float, default=None,
+            help="Drain mode: stop once the queues have been empty this many seconds, then "
+                 "write summary.json. Without it the job runs until cancelled.")
+        parser.add_argument(
+            "--readers_per_queue", "--readers-per-queue", type=int, default=2,
+            help="Parallel readers per queue.")
 
 
 def _add_security_args(parser) -> None:

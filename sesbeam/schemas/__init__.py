@@ -27,7 +27,7 @@ __all__ = [
     "parquet_metadata",
 ]
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 
 #: Hive partition column of the partitioned tables (``date=YYYY-MM-DD``, UTC). It lives in
 #: the directory names, not inside the Parquet files.
@@ -108,6 +108,13 @@ _WINDOW = [
        nullable=False),
     _f("window_end", TS, "End of the window (exclusive).", nullable=False),
 ]
+_PANE = [
+    _f("pane_timing", pa.string(),
+       "When the row was emitted: ON_TIME (batch, and streaming at the watermark), EARLY "
+       "(streaming, before the window closed) or LATE (streaming, late data within the "
+       "allowed lateness). Rows of one window and key add up to the total."),
+    _f("pane_index", pa.int64(), "Index of the pane among the window's results (0 first)."),
+]
 
 VERDICT_STATS = pa.schema(
     _WINDOW + [
@@ -116,7 +123,7 @@ VERDICT_STATS = pa.schema(
                                   "PROCESSING_FAILED, ...); null when absent."),
         _f("messages", pa.int64(), "Distinct messages with this status in the window.",
            nullable=False),
-    ],
+    ] + _PANE,
     metadata={"doc": "Messages per verdict status and window; SES receipt messages only "
                      "(no WorkMail). Partitioned by `date` of `window_start`."},
 )
@@ -149,7 +156,7 @@ SENDER_STATS = pa.schema(
     + [
         _f("first_seen", TS, "Earliest event_time in the window.", nullable=False),
         _f("last_seen", TS, "Latest event_time in the window.", nullable=False),
-    ],
+    ] + _PANE,
     metadata={"doc": "Per sender domain and window; every count is additive over rows. "
                      "Partitioned by `date` of `window_start`."},
 )

@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.transforms import window as beam_window
+from apache_beam.utils.windowed_value import PaneInfoTiming
 
 from sesbeam.schemas import SENDER_COUNTS, SENDER_STATS, TS, VERDICT_STATS, VERDICTS
 from sesbeam.transforms._arrow import epoch_ms, partition
@@ -38,7 +39,8 @@ __all__ = [
 _COMPACT_AT = 32
 
 _VERDICT_PARTIAL = pa.schema([VERDICT_STATS.field(n) for n in ("verdict", "status", "messages")])
-_SENDER_PARTIAL = pa.schema([f for f in SENDER_STATS if f.name not in ("window_start", "window_end")])
+_NOT_PARTIAL = ("window_start", "window_end", "pane_timing", "pane_index")
+_SENDER_PARTIAL = pa.schema([f for f in SENDER_STATS if f.name not in _NOT_PARTIAL])
 
 
 def _eq(column: pa.ChunkedArray | pa.Array, value: str) -> pa.Array:
@@ -139,12 +141,15 @@ class TableCombineFn(beam.CombineFn):
         return self._merge(accumulator) if accumulator else self._schema.empty_table()
 
 
-def with_window(table: pa.Table, start_ms: int, end_ms: int, schema: pa.Schema) -> pa.RecordBatch:
-    """``table`` with ``window_start``/``window_end`` columns, in ``schema`` order."""
+def with_window(table: pa.Table, start_ms: int, end_ms: int, schema: pa.Schema,
+                timing: str = "ON_TIME", index: int = 0) -> pa.RecordBatch:
+    """``table`` with window and pane columns, in ``schema`` order."""
     n = table.num_rows
     columns = {
         "window_start": pa.array(np.full(n, start_ms, dtype=np.int64), pa.int64()).cast(TS),
         "window_end": pa.array(np.full(n, end_ms, dtype=np.int64), pa.int64()).cast(TS),
+        "pane_timing": pa.array([timing] * n, pa.string()),
+        "pane_index": pa.array(np.full(n, index, dtype=np.int64)),
     }
     columns.update({name: table.column(name) for name in table.column_names})
     table = pa.Table.from_pydict({f.name: columns[f.name] for f in schema}, schema=schema)
@@ -181,14 +186,20 @@ class WindowMessages(beam.PTransform):
         )
 
 
+_TIMINGS = {PaneInfoTiming.EARLY: "EARLY", PaneInfoTiming.ON_TIME: "ON_TIME",
+            PaneInfoTiming.LATE: "LATE"}
+
+
 class _AddWindowDoFn(beam.DoFn):
     def __init__(self, schema: pa.Schema):
         self._schema = schema
 
-    def process(self, table: pa.Table, win=beam.DoFn.WindowParam):
+    def process(self, table: pa.Table, win=beam.DoFn.WindowParam,
+                pane=beam.DoFn.PaneInfoParam):
         if table.num_rows:
+            timing = _TIMINGS.get(pane.timing, "ON_TIME")
             yield with_window(table, win.start.micros // 1000, win.end.micros // 1000,
-                              self._schema)
+                              self._schema, timing, pane.index)
 
 
 class _ComputeStats(beam.PTransform):
