@@ -113,6 +113,36 @@ def _batch(argv: list[str]) -> int:
     return exit_code(summary)
 
 
+def _stream(argv: list[str]) -> int:
+    argv = _progress_flags(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        from sesbeam.pipeline.options import BatchOptions, StreamOptions
+
+        parser = argparse.ArgumentParser(
+            prog="sesbeam stream",
+            description="Read SES notifications from SQS queues (SNS subscriptions), write the "
+                        "same tables as batch per event-time window and pane. Any Apache Beam "
+                        "pipeline option is accepted too; --input does not apply.")
+        StreamOptions._add_argparse_args(parser)
+        BatchOptions._add_argparse_args(parser)
+        parser.print_help()
+        return 0
+    from sesbeam.pipeline.streaming import run_stream
+    from sesbeam.transforms import progress
+
+    progress.reset()
+    start = time.monotonic()
+    try:
+        summary = run_stream(argv)
+    finally:
+        progress.finish()
+    if not summary:
+        return 0
+    print(format_summary(summary, time.monotonic() - start))
+    print(f"{'late, dropped':<20}  {summary['late_dropped']:,}")
+    return exit_code(summary)
+
+
 def _generate_parser(prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog, description="Write a realistic synthetic archive of SES notifications "
@@ -252,14 +282,14 @@ def _ddl(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"batch": _batch, "generate": _generate, "demo": _demo, "report": _report,
-            "ddl": _ddl}
+COMMANDS = {"batch": _batch, "stream": _stream, "generate": _generate, "demo": _demo,
+            "report": _report, "ddl": _ddl}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] not in COMMANDS:
-        print("usage: sesbeam {batch,generate,demo,report,ddl} [options]   "
+        print("usage: sesbeam {batch,stream,generate,demo,report,ddl} [options]   "
               "(sesbeam COMMAND --help)",
               file=sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else 2

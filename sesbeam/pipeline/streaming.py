@@ -245,10 +245,14 @@ def build_streaming(messages, output: str, *, window_s: int, allowed_lateness_s:
     context = {"run_id": run_id, "inputs": [], "window_seconds": window_s,
                "schema_version": SCHEMA_VERSION, "mode": "streaming",
                "sns_signatures_verified": certificates is not None}
-    return ([decoded["tallies"], firsts["tallies"], *written]
+    tallies = [decoded["tallies"], firsts["tallies"], *written]
+    # Back to the global window one by one, then as plain values (no pane of their own),
+    # before the Flatten: runners disagree on flattening differently triggered inputs.
+    tallies = [t | f"Global{i}" >> beam.WindowInto(beam_window.GlobalWindows())
+               | f"Plain{i}" >> beam.Map(lambda tally: (None, tally))
+               for i, t in enumerate(tallies)]
+    return (tallies
             | "AllTallies" >> beam.Flatten()
-            | "GlobalWindow" >> beam.WindowInto(beam_window.GlobalWindows())
-            | "KeyTallies" >> beam.Map(lambda tally: (None, tally))
             | "GroupTallies" >> beam.GroupByKey()
             | "MergeTallies" >> beam.MapTuple(lambda _, tallies: merge_tallies(tallies))
             | "WriteSummary" >> beam.ParDo(_WriteSummaryDoFn(output, context)))

@@ -25,6 +25,7 @@ __all__ = [
     "SENDER_COUNTS",
     "TS",
     "parquet_metadata",
+    "wire",
 ]
 
 SCHEMA_VERSION = "1.1"
@@ -191,6 +192,15 @@ TABLES = {
     "sender_stats": (SENDER_STATS, "window_start"),
     "dead_letters": (DEAD_LETTERS, None),
 }
+
+
+def wire(schema: pa.Schema) -> pa.Schema:
+    """``schema`` without its docs: the form batches travel in between stages.
+
+    Beam pickles every element it shuffles, schema included; the field docs would make a
+    small batch several times larger. Files get the documented schema back when written.
+    """
+    return pa.schema([pa.field(f.name, f.type, f.nullable) for f in schema])
 
 
 def parquet_metadata(table: str) -> dict[bytes, bytes]:

@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 from apache_beam.transforms import window as beam_window
 from apache_beam.utils.windowed_value import PaneInfoTiming
 
-from sesbeam.schemas import SENDER_COUNTS, SENDER_STATS, TS, VERDICT_STATS, VERDICTS
+from sesbeam.schemas import SENDER_COUNTS, SENDER_STATS, TS, VERDICT_STATS, VERDICTS, wire
 from sesbeam.transforms._arrow import epoch_ms, partition
 
 __all__ = [
@@ -192,7 +192,7 @@ _TIMINGS = {PaneInfoTiming.EARLY: "EARLY", PaneInfoTiming.ON_TIME: "ON_TIME",
 
 class _AddWindowDoFn(beam.DoFn):
     def __init__(self, schema: pa.Schema):
-        self._schema = schema
+        self._schema = wire(schema)
 
     def process(self, table: pa.Table, win=beam.DoFn.WindowParam,
                 pane=beam.DoFn.PaneInfoParam):

@@ -30,11 +30,12 @@ import apache_beam as beam
 import orjson
 import pyarrow as pa
 
-from sesbeam.schemas import DEAD_LETTERS
+from sesbeam.schemas import DEAD_LETTERS, wire
 from sesbeam.transforms._arrow import MAX_BATCH_ROWS
 from sesbeam.transforms.progress import note_source
 from sesbeam.transforms.signatures import sns_signature_failure
 from sesbeam.transforms.normalize import (
+    MAX_TIME_MS,
     InvalidNotification,
     MessageBuilder,
     normalize_ses,
@@ -76,6 +77,7 @@ DEAD_LETTER_KINDS = {
 }
 
 _LOG = logging.getLogger(__name__)
+_DEAD_WIRE = wire(DEAD_LETTERS)
 SETUP_NOTIFICATION = "AMAZON_SES_SETUP_NOTIFICATION"
 _SENDING_TYPES = frozenset({
     "Bounce", "Complaint", "Delivery", "Send", "Reject", "Open", "Click",
@@ -147,6 +149,7 @@ def split_units(data: bytes) -> Iterator[tuple[int, bytes | memoryview, Any, str
     prev_end = -1  # where the previous unit ended (its newline included); -1 at the start
     text: str | None = None  # latin-1 view of data: one char per byte, for the scanner
     eol = -1
+    memo: dict = {}
     while True:
         pos = _SPACE.match(data, pos).end()
         if pos >= n:
@@ -160,18 +163,23 @@ def split_units(data: bytes) -> Iterator[tuple[int, bytes | memoryview, Any, str
                 continue
             except orjson.JSONDecodeError:
                 pass
-        end, value = _concatenated(view, data, pos, eol)
+        end, value = _concatenated(view, data, pos, eol, memo)
         if end is not None:
             yield pos, view[pos:end], value, None
             prev_end = pos = end
+            continue
+        if data[pos:pos + 1] not in (b"{", b"["):  # no JSON container starts here
+            yield pos, data[pos:eol].rstrip(b"\r"), None, "not JSON"
+            pos = eol + 1
             continue
         if text is None:
             text = data.decode("latin-1")
         try:
             end = _DECODER.raw_decode(text, pos)[1]
-        except json.JSONDecodeError as e:
-            stop = eol if _next_line_parses(data, eol) else max(eol, _line_end(data, e.pos))
-            yield pos, data[pos:stop].rstrip(b"\r"), None, str(e)
+        except (ValueError, RecursionError) as e:
+            error_pos = getattr(e, "pos", eol)
+            stop = eol if _next_line_parses(data, eol) else max(eol, _line_end(data, error_pos))
+            yield pos, data[pos:stop].rstrip(b"\r"), None, f"{type(e).__name__}: {e}"[:500]
             prev_end, pos = stop, stop + 1
             continue
         try:
@@ -183,16 +191,24 @@ def split_units(data: bytes) -> Iterator[tuple[int, bytes | memoryview, Any, str
         prev_end = pos = end
 
 
-def _concatenated(view: memoryview, data: bytes, pos: int, eol: int) -> tuple[int | None, Any]:
+def _concatenated(view: memoryview, data: bytes, pos: int, eol: int,
+                  memo: dict) -> tuple[int | None, Any]:
     """End and value of the object at ``pos`` when another follows with no delimiter.
 
     Firehose writes records back to back (``}{``): try the candidate boundaries in this
     line, each parse costing only the object's length. ``(None, None)`` when no candidate
-    works (the caller then scans with a full JSON scanner).
+    works (the caller then scans with a full JSON scanner). ``memo`` keeps the last search
+    so that a long line is searched once, not once per object.
     """
     search = pos
     for _ in range(_MAX_BOUNDARY_TRIES):
-        boundary = data.find(b"}{", search, eol)
+        if memo.get("eol") == eol and memo["from"] <= search and (
+                memo["at"] < 0 or memo["at"] >= search):
+            boundary = memo["at"]
+        else:
+            boundary = data.find(b"}{", search, eol)
+            memo.update(eol=eol, at=boundary)
+            memo["from"] = search
         if boundary < 0:
             break
         try:
@@ -218,8 +234,24 @@ def _next_line_parses(data: bytes, eol: int) -> bool:
         return False
 
 
+def _dumps(value: Any) -> bytes:
+    """The JSON of a nested value, for a dead letter; too deep to serialise: empty."""
+    try:
+        return orjson.dumps(value)
+    except (TypeError, orjson.JSONEncodeError):
+        return b""
+
+
 def _basename(uri: str) -> str:
     return uri.rstrip("/").rsplit("/", 1)[-1]
+
+
+def _epoch_ms(value: Any) -> int | None:
+    """An SQS ``SentTimestamp`` (epoch milliseconds as ASCII digits) within years 1-9999."""
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 15:
+        ms = int(value)
+        return ms if ms <= MAX_TIME_MS else None
+    return None
 
 
 def _wrapper_time(value: Any) -> int | None:
@@ -270,7 +302,7 @@ class _SourceDecoder:
     def unit(self, offset: int, raw: bytes | memoryview, value: Any) -> None:
         if isinstance(value, list):  # a JSON array container: each element is a unit
             for i, item in enumerate(value):
-                self.top(item, offset, i, lambda item=item: orjson.dumps(item))
+                self.top(item, offset, i, lambda item=item: _dumps(item))
         else:
             self.top(value, offset, None, lambda: bytes(raw).rstrip(b"\r"))
 
@@ -289,7 +321,7 @@ class _SourceDecoder:
             self.dead_letter("unexpected_shape", "Records is not a list", raw(), offset)
             return
         for i, rec in enumerate(records):
-            rec_raw = lambda rec=rec: orjson.dumps(rec)  # noqa: E731
+            rec_raw = lambda rec=rec: _dumps(rec)  # noqa: E731
             if not isinstance(rec, dict):
                 self.dead_letter("unexpected_shape", "a Records item is not an object",
                                  rec_raw(), offset, i)
@@ -300,7 +332,7 @@ class _SourceDecoder:
             elif "body" in rec:
                 attrs = rec.get("attributes") if isinstance(rec.get("attributes"), dict) else {}
                 sent = attrs.get("SentTimestamp")
-                sent_ms = int(sent) if isinstance(sent, str) and sent.isdigit() else None
+                sent_ms = _epoch_ms(sent)
                 self.text(rec["body"], "raw", sent_ms, offset, i)
             else:
                 self.skip("not_ses")
@@ -324,7 +356,7 @@ class _SourceDecoder:
             time_ms = _wrapper_time(env.get("Timestamp"))
             message = env.get("Message")
             if isinstance(message, dict):
-                self.leaf(message, "sns", time_ms, offset, record, lambda: orjson.dumps(message))
+                self.leaf(message, "sns", time_ms, offset, record, lambda: _dumps(message))
             else:
                 self.text(message, "sns", time_ms, offset, record)
 
@@ -333,7 +365,7 @@ class _SourceDecoder:
         """An SNS ``Message`` or SQS ``body``: a JSON string, or plain text."""
         if not isinstance(body, str):
             self.dead_letter("unexpected_shape", f"message body is {type(body).__name__}",
-                             orjson.dumps(body), offset, record)
+                             _dumps(body), offset, record)
             return
         raw = lambda: body.encode("utf-8", "surrogatepass")  # noqa: E731
         stripped = body.strip().lstrip("\ufeff")
@@ -369,6 +401,9 @@ class _SourceDecoder:
             self.message(lambda i: normalize_workmail(n, when, self.uri, i), raw, offset, record)
             return
         kind = n.get("notificationType", n.get("eventType", default_kind))
+        if kind is not None and not isinstance(kind, str):
+            self.skip("not_ses")
+            return
         if kind is None and "mail" in n and "receipt" in n:
             kind = "Received"  # SES Lambda action records carry no notificationType
         if kind == "Received":
@@ -391,7 +426,7 @@ class _SourceDecoder:
         dead = None
         if self.dead:
             dead = pa.RecordBatch.from_pylist(
-                [dict(zip(DEAD_LETTERS.names, row)) for row in self.dead], schema=DEAD_LETTERS)
+                [dict(zip(DEAD_LETTERS.names, row)) for row in self.dead], schema=_DEAD_WIRE)
         tally = {
             "sources": 1,
             "bytes": nbytes,

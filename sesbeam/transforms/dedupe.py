@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sesbeam.schemas import MESSAGES
+from sesbeam.schemas import MESSAGES, wire
 from sesbeam.transforms._arrow import partition, to_batches
 
 __all__ = ["DeduplicateMessages", "bucket_of", "dedupe_table", "merge_rows"]
@@ -77,7 +77,7 @@ def dedupe_table(table: pa.Table) -> tuple[pa.Table, int]:
     for k in multi_sizes:
         merged.append(merge_rows(multi_rows[i:i + k]))
         i += k
-    result = pa.concat_tables([single, pa.Table.from_pylist(merged, schema=MESSAGES)])
+    result = pa.concat_tables([single, pa.Table.from_pylist(merged, schema=wire(MESSAGES))])
     return result, n - result.num_rows
 
 

@@ -27,7 +27,7 @@ from typing import Any
 import orjson
 import pyarrow as pa
 
-from sesbeam.schemas import MESSAGES
+from sesbeam.schemas import MESSAGES, wire
 
 __all__ = [
     "InvalidNotification",
@@ -41,6 +41,9 @@ __all__ = [
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MS = timedelta(milliseconds=1)
+#: Times must fall within years 1-9999 in UTC (what Python, and so readers, can represent).
+MIN_TIME_MS = (datetime(1, 1, 1, tzinfo=timezone.utc) - _EPOCH) // _MS
+MAX_TIME_MS = (datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=timezone.utc) - _EPOCH) // _MS
 _COMMENT = re.compile(r"\([^()]*\)")
 _LAST_ANGLE = re.compile(r".*<([^>]*)", re.S)
 _FIRST_ITEM = re.compile(r"[^,]*")
@@ -68,7 +71,10 @@ def parse_time_ms(value: Any, field: str = "timestamp") -> int:
             raise InvalidNotification(f"{field} {value[:64]!r} is not a time") from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=timezone.utc)
-    return (dt - _EPOCH) // _MS
+    ms = (dt - _EPOCH) // _MS
+    if not MIN_TIME_MS <= ms <= MAX_TIME_MS:
+        raise InvalidNotification(f"{field} {value[:64]!r} is outside years 1-9999 in UTC")
+    return ms
 
 
 def _parse_lenient(text: str) -> datetime | None:
@@ -135,7 +141,8 @@ def _int(value: Any, field: str) -> int | None:
         number = value
     elif isinstance(value, float) and value.is_integer():
         number = int(value)
-    elif isinstance(value, str) and value.strip().isdigit():
+    elif (isinstance(value, str) and value.strip().isascii() and value.strip().isdigit()
+          and len(value.strip()) <= 19):
         number = int(value.strip())
     else:
         raise InvalidNotification(f"{field} is {value!r:.40}, not an integer")
@@ -176,7 +183,12 @@ def _object(value: Any, field: str) -> dict:
 
 def synthetic_id(notification: dict) -> str:
     """Stable id for a notification without ``mail.messageId``."""
-    digest = hashlib.sha1(orjson.dumps(notification, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    try:
+        text = orjson.dumps(notification, option=orjson.OPT_SORT_KEYS)
+    except (TypeError, orjson.JSONEncodeError):
+        raise InvalidNotification("no mail.messageId, and too deeply nested to derive one") \
+            from None
+    digest = hashlib.sha1(text).hexdigest()
     return "sesbeam:" + digest
 
 
@@ -245,6 +257,8 @@ def normalize_workmail(e: dict, time_ms: int | None, source_uri: str, source_rec
     """One WorkMail Run-Lambda event as a messages row (no verdicts)."""
     if time_ms is None:
         raise InvalidNotification("WorkMail event without a wrapper or source time")
+    if not MIN_TIME_MS <= time_ms <= MAX_TIME_MS:
+        raise InvalidNotification(f"WorkMail event time {time_ms} is outside years 1-9999")
     env = _object(e.get("envelope"), "envelope")
     mail_from = _address_field(env.get("mailFrom"), "envelope.mailFrom")
     domain = domain_of(address_of(mail_from))
@@ -263,6 +277,9 @@ def normalize_workmail(e: dict, time_ms: int | None, source_uri: str, source_rec
     )
 
 
+_WIRE = wire(MESSAGES)
+
+
 class MessageBuilder:
     """Collects message rows column-wise and builds ``MESSAGES`` RecordBatches."""
 
@@ -278,6 +295,6 @@ class MessageBuilder:
 
     def build(self) -> pa.RecordBatch:
         """The collected rows as one batch; the builder is empty afterwards."""
-        arrays = [pa.array(col, type=f.type) for col, f in zip(self._columns, MESSAGES)]
+        arrays = [pa.array(col, type=f.type) for col, f in zip(self._columns, _WIRE)]
         self._columns = [[] for _ in MESSAGES]
-        return pa.RecordBatch.from_arrays(arrays, schema=MESSAGES)
+        return pa.RecordBatch.from_arrays(arrays, schema=_WIRE)

@@ -41,11 +41,15 @@ a bounded PCollection and the pipeline finishes when all readers have stopped. W
 the readers run until the job is cancelled or drained.
 
 Runners: on Dataflow and Flink bundle finalization follows a durable commit (Flink: a
-completed checkpoint). Locally use Beam's ``FnApiRunner`` in drain mode
-(``--direct_num_workers N`` runs N readers in parallel threads): it finalizes each bundle
-right after the bundle, re-runs self-checkpointed readers at once, and runs the stages after
-a ``GroupByKey`` once the read is finished. The ``BundleBasedDirectRunner`` never calls
-bundle-finalization callbacks, so nothing would ever be deleted there.
+completed checkpoint). Locally use Beam's ``FnApiRunner`` in drain mode with one worker
+(``--direct_num_workers 1``, the default; the readers then take turns): it finalizes each
+bundle right after the bundle, re-runs self-checkpointed readers at once, ignores the
+reported watermark and runs the stages after a ``GroupByKey`` once the read is finished.
+``ReadFromSqs`` refuses two local set-ups that cannot work: the ``BundleBasedDirectRunner``
+(it never calls bundle-finalization callbacks and checks a splittable DoFn's restriction
+before iterating its output), and the ``FnApiRunner`` with several workers (its
+``ParallelBundleManager`` keeps only the first worker's response, without the residuals of
+self-checkpoints: every reader would stop after its first round).
 
 AWS: the clients follow the standard environment (``AWS_ENDPOINT_URL_SQS``,
 ``AWS_ENDPOINT_URL``, ``AWS_DEFAULT_REGION``/``AWS_REGION``, profiles, the credential chain).
@@ -894,6 +898,7 @@ class ReadFromSqs(beam.PTransform):
         return self._config.idle_timeout_s is not None
 
     def expand(self, pbegin):
+        _check_local_runner(pbegin.pipeline, self.bounded)
         cfg = self._config
         readers = [(url, q * cfg.readers_per_queue + i)
                    for q, url in enumerate(cfg.queue_urls) for i in range(cfg.readers_per_queue)]
@@ -904,3 +909,29 @@ class ReadFromSqs(beam.PTransform):
             | "Read" >> beam.ParDo(fn)
         )
 
+
+def _check_local_runner(pipeline, bounded: bool) -> None:
+    """Refuse the local runners that cannot execute the reader correctly (module doc)."""
+    from apache_beam.options.pipeline_options import DirectOptions
+    from apache_beam.runners.direct.direct_runner import (
+        BundleBasedDirectRunner,
+        SwitchingDirectRunner,
+    )
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+    runner = getattr(pipeline, "runner", None)
+    if isinstance(runner, BundleBasedDirectRunner):
+        raise ValueError(
+            "ReadFromSqs cannot run on the BundleBasedDirectRunner: it never calls "
+            "bundle-finalization callbacks, so no message would ever be deleted. Use "
+            "apache_beam.runners.portability.fn_api_runner.FnApiRunner.")
+    if isinstance(runner, (FnApiRunner, SwitchingDirectRunner)):
+        workers = pipeline.options.view_as(DirectOptions).direct_num_workers
+        if workers != 1:
+            raise ValueError(
+                f"ReadFromSqs needs --direct_num_workers=1 on the local runner (got {workers}): "
+                "with several workers the FnApiRunner drops the self-checkpoints of splittable "
+                "DoFns, and every reader would stop after its first round.")
+        if not bounded:
+            _LOG.warning("ReadFromSqs without an idle timeout on the local runner reads until "
+                         "the job is cancelled; stages after a GroupByKey never run there")
