@@ -85,3 +85,28 @@ def test_windows_panes_duplicates_and_late_data(tmp_path):
     assert summary["records"] == 7 and summary["messages"] == 4
     assert summary["duplicates"] == 2 and summary["late_dropped"] == 1
     assert summary["balanced"]
+
+
+@pytest.mark.slow
+def test_dataflow_dry_run_translates_the_streaming_pipeline():
+    pytest.importorskip("apache_beam.runners.dataflow.internal.apiclient",
+                        reason="needs apache-beam[gcp]")
+    from sesbeam.transforms.sqs import ReadFromSqs
+
+    options = PipelineOptions([
+        "--runner=DataflowRunner", "--dry_run=True", "--streaming",
+        "--project=sesbeam-test-123", "--region=us-central1",
+        "--temp_location=gs://sesbeam-test-bucket/tmp",
+    ])
+    pipeline = beam.Pipeline(options=options)
+    source = pipeline | "ReadFromSqs" >> ReadFromSqs(
+        ["https://sqs.eu-west-1.amazonaws.com/123456789012/ses-inbound"])
+    build_streaming(source, "s3://results/live", window_s=3600, allowed_lateness_s=900,
+                    early_s=60, run_id="dry", summary=False)
+    result = pipeline.run()
+    assert result.state == beam.runners.runner.PipelineState.DONE
+    job = result.job
+    assert job.proto.type_.name == "JOB_TYPE_STREAMING"
+    names = {t.unique_name for t in job.proto_pipeline.components.transforms.values()}
+    assert {"ReadFromSqs", "DecodeQueueMessages", "WindowMessages", "KeepFirstNotification",
+            "ComputeVerdictStats", "ComputeSenderStats", "Write_messages"} <= names
