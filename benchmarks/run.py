@@ -206,6 +206,8 @@ def load_table(out: str, table: str, archive: str):
     t = ds.dataset(os.path.join(out, table), format="parquet", partitioning=part).to_table()
     columns, fields = [], []
     for f in list(schema) + [pa.field("date", pa.string())]:
+        if f.name in ("pane_timing", "pane_index"):
+            continue  # streaming pane bookkeeping: one ON_TIME pane per window in batch
         col = t.column(f.name).cast(f.type)  # safe cast: a lossy one raises
         if f.name == "source_uri":
             prefix = os.path.abspath(archive).rstrip("/") + "/"

@@ -227,9 +227,9 @@ def _sender_rows(files) -> dict:
         assert ms(row["window_end"]) == start + DAY_MS
         key = (start, row["sender_domain"])
         assert key not in got, f"duplicate sender_stats row {key}"
-        got[key] = {c: row[c] for c in row if c not in ("window_start", "window_end",
-                                                        "sender_domain", "first_seen",
-                                                        "last_seen")}
+        got[key] = {c: row[c] for c in row if c not in (
+            "window_start", "window_end", "pane_timing", "pane_index", "sender_domain",
+            "first_seen", "last_seen")}
         got[key]["first_seen"] = ms(row["first_seen"])
         got[key]["last_seen"] = ms(row["last_seen"])
     return got

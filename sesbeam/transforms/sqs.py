@@ -48,8 +48,13 @@ reported watermark and runs the stages after a ``GroupByKey`` once the read is f
 ``ReadFromSqs`` refuses two local set-ups that cannot work: the ``BundleBasedDirectRunner``
 (it never calls bundle-finalization callbacks and checks a splittable DoFn's restriction
 before iterating its output), and the ``FnApiRunner`` with several workers (its
-``ParallelBundleManager`` keeps only the first worker's response, without the residuals of
-self-checkpoints: every reader would stop after its first round).
+``ParallelBundleManager`` merges the workers' responses without their residual roots, so
+self-checkpoints are dropped: every reader would stop after its first round). Caveat: on the
+``FnApiRunner`` "committed" means held in the runner's memory; if a later stage of the same
+run fails (a sink after a ``GroupByKey``), the messages already deleted are not read again.
+Where that matters, write the bodies durably in the reading stage itself (a sink fused with
+the read, e.g. one archive object per bundle, written in ``finish_bundle``), which happens
+before the bundle is finalized.
 
 AWS: the clients follow the standard environment (``AWS_ENDPOINT_URL_SQS``,
 ``AWS_ENDPOINT_URL``, ``AWS_DEFAULT_REGION``/``AWS_REGION``, profiles, the credential chain).
