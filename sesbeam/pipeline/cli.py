@@ -72,18 +72,23 @@ def _progress_flags(argv: list[str]) -> list[str]:
     return rest
 
 
-def _run_batch(argv: list[str]) -> tuple[dict, float]:
-    """``run_batch`` with the progress line; returns the summary and the duration."""
+def _with_progress(run, argv: list[str]) -> tuple[dict, float]:
+    """``run(argv)`` with the progress line; returns the summary and the duration."""
     from sesbeam.transforms import progress
-    from sesbeam.pipeline.batch import run_batch
 
     progress.reset()
     start = time.monotonic()
     try:
-        summary = run_batch(argv)
+        summary = run(argv)
     finally:
         progress.finish()
     return summary, time.monotonic() - start
+
+
+def _run_batch(argv: list[str]) -> tuple[dict, float]:
+    from sesbeam.pipeline.batch import run_batch
+
+    return _with_progress(run_batch, argv)
 
 
 def _batch(argv: list[str]) -> int:
@@ -128,17 +133,11 @@ def _stream(argv: list[str]) -> int:
         parser.print_help()
         return 0
     from sesbeam.pipeline.streaming import run_stream
-    from sesbeam.transforms import progress
 
-    progress.reset()
-    start = time.monotonic()
-    try:
-        summary = run_stream(argv)
-    finally:
-        progress.finish()
+    summary, seconds = _with_progress(run_stream, argv)
     if not summary:
         return 0
-    print(format_summary(summary, time.monotonic() - start))
+    print(format_summary(summary, seconds))
     print(f"{'late, dropped':<20}  {summary['late_dropped']:,}")
     return exit_code(summary)
 
