@@ -181,6 +181,15 @@ class _Gen:
         return ("FAIL" if r < fail else "GRAY" if r < fail + gray else
                 "PROCESSING_FAILED" if r < fail + gray + failed else "PASS")
 
+    def verdicts(self, spammy: bool) -> dict[str, str]:
+        """The five verdict statuses of one message, skewed for spammy senders."""
+        x = 1 if spammy else 0
+        return {"spamVerdict": self.status((0.01, 0.7)[x], 0.02),
+                "virusVerdict": self.status((0.002, 0.05)[x], 0.002, 0.001),
+                "spfVerdict": self.status((0.02, 0.5)[x], 0.03),
+                "dkimVerdict": self.status((0.02, 0.55)[x], 0.05),
+                "dmarcVerdict": self.status((0.02, 0.6)[x], 0.04)}
+
     def rfc5322(self, ms: int, utc: bool = False) -> str:
         off = 0 if utc else self.rng.choice((0, 0, -300, -420, -240, 60, 120, 330, 480))
         d = _EPOCH + timedelta(milliseconds=ms, minutes=off)
@@ -225,12 +234,7 @@ class _Gen:
         n = rng.choices((1, 2, 3, 4, 5), (70, 15, 8, 4, 3))[0]
         rcpts = list(dict.fromkeys(self.rcpt() for _ in range(n)))
         dest = rcpts if rng.random() < 0.8 else rcpts[:1] + [self.rcpt()]
-        x = 1 if spammy else 0
-        v = {"spamVerdict": self.status((0.01, 0.7)[x], 0.02),
-             "virusVerdict": self.status((0.002, 0.05)[x], 0.002, 0.001),
-             "spfVerdict": self.status((0.02, 0.5)[x], 0.03),
-             "dkimVerdict": self.status((0.02, 0.55)[x], 0.05),
-             "dmarcVerdict": self.status((0.02, 0.6)[x], 0.04)}
+        v = self.verdicts(spammy)
         auth = {k: _AUTH[s] for k, s in v.items()}
         v = {k: {"status": s} for k, s in v.items()}
         if rng.random() < 0.003:  # scanning disabled on the rule
@@ -739,12 +743,7 @@ class _BenchGen(_Gen):
         frm, source, dom, spammy, policy = self.sender()
         n = rng.choices((1, 2, 3, 4, 5), (70, 15, 8, 4, 3))[0]
         rcpts = list(dict.fromkeys(self.rcpt() for _ in range(n)))
-        x = 1 if spammy else 0
-        v = {"spamVerdict": self.status((0.01, 0.7)[x], 0.02),
-             "virusVerdict": self.status((0.002, 0.05)[x], 0.002, 0.001),
-             "spfVerdict": self.status((0.02, 0.5)[x], 0.03),
-             "dkimVerdict": self.status((0.02, 0.55)[x], 0.05),
-             "dmarcVerdict": self.status((0.02, 0.6)[x], 0.04)}
+        v = self.verdicts(spammy)
         spf_r, dkim_r, dmarc_r = _AUTH[v["spfVerdict"]], _AUTH[v["dkimVerdict"]], \
             _AUTH[v["dmarcVerdict"]]
         verdicts = {k: {"status": s} for k, s in v.items()}
