@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -20,3 +21,30 @@ def public_fixtures() -> Path:
         pytest.skip(f"public fixtures not found at {PUBLIC_FIXTURES} (they live in ../shared, "
                     "beside the repository; set SESBEAM_PUBLIC_FIXTURES to point elsewhere)")
     return PUBLIC_FIXTURES
+
+
+@contextlib.contextmanager
+def local_aws():
+    """A moto server on a free 127.0.0.1 port, and an AWS environment pointing at it.
+
+    Yields the endpoint URL; the environment is restored and the server stopped afterwards.
+    """
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    mp = pytest.MonkeyPatch()
+    try:
+        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3",
+                     "AWS_ENDPOINT_URL_SQS", "AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE"):
+            mp.delenv(name, raising=False)
+        mp.setenv("AWS_ACCESS_KEY_ID", "testing")
+        mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        host, port = server.get_host_and_port()
+        url = f"http://{host}:{port}"
+        mp.setenv("AWS_ENDPOINT_URL", url)
+        yield url
+    finally:
+        mp.undo()
+        server.stop()

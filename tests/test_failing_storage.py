@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 
 boto3 = pytest.importorskip("boto3")
-moto_server = pytest.importorskip("moto.server")
+pytest.importorskip("moto.server")
 
 from sesbeam.generate import generate_archive  # noqa: E402
 from sesbeam.pipeline.batch import run_batch  # noqa: E402
+from tests.conftest import local_aws  # noqa: E402
 from tests.faultproxy import DROP, INTERNAL_ERROR, SLOW_DOWN, FaultProxy  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -16,19 +17,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def moto(tmp_path_factory):
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    mp = pytest.MonkeyPatch()
-    try:
-        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3",
-                     "AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE"):
-            mp.delenv(name, raising=False)
-        mp.setenv("AWS_ACCESS_KEY_ID", "testing")
-        mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        host, port = server.get_host_and_port()
-        url = f"http://{host}:{port}"
-        mp.setenv("AWS_ENDPOINT_URL", url)
+    with local_aws() as url:
         s3 = boto3.client("s3", endpoint_url=url)
         for bucket in ("archive", "clean", "faulty"):
             s3.create_bucket(Bucket=bucket)
@@ -39,9 +28,6 @@ def moto(tmp_path_factory):
             if path.is_file():
                 s3.upload_file(str(path), "archive", f"ses/{path.relative_to(archive)}")
         yield url, manifest
-    finally:
-        mp.undo()
-        server.stop()
 
 
 def _tables(url: str, bucket: str) -> dict:

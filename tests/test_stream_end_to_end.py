@@ -9,11 +9,12 @@ from collections import Counter
 import pytest
 
 boto3 = pytest.importorskip("boto3")
-moto_server = pytest.importorskip("moto.server")
+pytest.importorskip("moto.server")
 
 import pyarrow.dataset as ds  # noqa: E402
 
 from sesbeam.pipeline.cli import main  # noqa: E402
+from tests.conftest import local_aws  # noqa: E402
 from tests.test_decode import notification, sns, workmail  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -41,22 +42,9 @@ def bodies(n: int, seed: int = 0) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def sqs(tmp_path_factory):
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    mp = pytest.MonkeyPatch()
-    try:
-        for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL_SQS", "AWS_ENDPOINT_URL_S3"):
-            mp.delenv(name, raising=False)
-        mp.setenv("AWS_ACCESS_KEY_ID", "testing")
-        mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        host, port = server.get_host_and_port()
-        mp.setenv("AWS_ENDPOINT_URL", f"http://{host}:{port}")
-        yield boto3.client("sqs", endpoint_url=f"http://{host}:{port}")
-    finally:
-        mp.undo()
-        server.stop()
+def sqs():
+    with local_aws() as url:
+        yield boto3.client("sqs", endpoint_url=url)
 
 
 def totals(out, name: str, key) -> Counter:
