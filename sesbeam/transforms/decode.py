@@ -235,10 +235,20 @@ def _next_line_parses(data: bytes, eol: int) -> bool:
 
 
 def _dumps(value: Any) -> bytes:
-    """The JSON of a nested value, for a dead letter; too deep to serialise: empty."""
+    """The compact JSON of a nested value, for a dead letter's ``raw``.
+
+    orjson stops at 255 levels of nesting; deeper values (orjson parses up to 1024) go
+    through ``json`` with the same compact, non-ASCII-escaping output. Empty only past
+    Python's recursion limit.
+    """
     try:
         return orjson.dumps(value)
     except (TypeError, orjson.JSONEncodeError):
+        pass
+    try:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode(
+            "utf-8", "surrogatepass")
+    except (TypeError, ValueError, RecursionError):
         return b""
 
 
@@ -311,14 +321,17 @@ class _SourceDecoder:
             self.dead_letter("unexpected_shape", f"a JSON {type(value).__name__}, not an object",
                              raw(), offset, record)
         elif "Records" in value:
-            self.records_event(value, offset, raw)
+            self.records_event(value, offset, record, raw)
         else:
             self.object(value, "raw", None, offset, record, raw)
 
-    def records_event(self, event: dict, offset: int, raw: Callable[[], bytes]) -> None:
+    def records_event(self, event: dict, offset: int, record: int | None,
+                      raw: Callable[[], bytes]) -> None:
+        """A Lambda event. Its items are numbered from 0; a nested event (an array element
+        or a Records item holding Records) keeps its own ``record`` for its dead letter."""
         records = event["Records"]
         if not isinstance(records, list):
-            self.dead_letter("unexpected_shape", "Records is not a list", raw(), offset)
+            self.dead_letter("unexpected_shape", "Records is not a list", raw(), offset, record)
             return
         for i, rec in enumerate(records):
             rec_raw = lambda rec=rec: _dumps(rec)  # noqa: E731
@@ -353,8 +366,12 @@ class _SourceDecoder:
                     self.dead_letter("invalid_signature", f"{failure[0]}: {failure[1]}", raw(),
                                      offset, record)
                     return
+            if "Message" not in env:
+                self.dead_letter("unexpected_shape", "SNS notification without Message", raw(),
+                                 offset, record)
+                return
             time_ms = _wrapper_time(env.get("Timestamp"))
-            message = env.get("Message")
+            message = env["Message"]
             if isinstance(message, dict):
                 self.leaf(message, "sns", time_ms, offset, record, lambda: _dumps(message))
             else:
@@ -388,7 +405,7 @@ class _SourceDecoder:
         if "Type" in value and "Message" in value:
             self.sns(value, offset, record, raw)
         elif "Records" in value and "mail" not in value:
-            self.records_event(value, offset, raw)
+            self.records_event(value, offset, record, raw)
         else:
             self.leaf(value, envelope, time_ms, offset, record, raw)
 
