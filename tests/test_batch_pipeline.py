@@ -180,3 +180,26 @@ def test_demo_command(tmp_path, capsys):
     report = (tmp_path / "demo" / "report.txt").read_text()
     assert "Top 10 sender domains" in report and "dmarc" in report
     assert (tmp_path / "demo" / "output" / "summary.json").exists()
+
+
+def test_a_record_over_max_record_bytes_is_a_too_large_dead_letter(tmp_path):
+    """A small notification, one of ~5 KB and a bounce, with a 2 KB limit: the big one is a
+    dead letter holding its bytes, the run stays balanced and says which limit it used."""
+    from tests.test_decode import notification
+
+    src = tmp_path / "in"
+    src.mkdir()
+    lines = [json.dumps(notification("small")).encode(),
+             json.dumps({"notificationType": "Received", "padding": "z" * 5000}).encode(),
+             b'{"notificationType": "Bounce"}']
+    (src / "big.json.gz").write_bytes(gzip.compress(b"\n".join(lines) + b"\n"))
+    summary = run_batch(["--input", str(src), "--output", str(tmp_path / "out"),
+                         "--max_record_bytes", "2000"])
+    assert summary["balanced"] and summary["max_record_bytes"] == 2000
+    assert (summary["records"], summary["messages"]) == (3, 1)
+    assert summary["dead_letter_kinds"] == {"too_large": 1}
+    assert summary["skipped_reasons"] == {"sending_event": 1}
+    big, = table(tmp_path / "out", "dead_letters").to_pylist()
+    assert big["kind"] == "too_large" and big["raw"] == lines[1]
+    assert big["offset"] == len(lines[0]) + 1
+    assert f"a record of {len(lines[1])} bytes exceeds the limit of 2000 bytes" in big["detail"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 
+import orjson
 import pyarrow as pa
 import pytest
 
@@ -293,16 +294,40 @@ def test_split_units_offsets():
                      (19, b'{"c":3}', {"c": 3})]
 
 
-def test_unexpected_decoder_failure_becomes_one_dead_letter(monkeypatch):
+def test_unexpected_failure_in_a_unit_dead_letters_that_unit_only(monkeypatch):
     from sesbeam.transforms import decode as decode_module
 
-    def boom(source):
-        raise RuntimeError("bug")
+    original = decode_module._SourceDecoder.records_event
 
-    monkeypatch.setattr(decode_module, "decode_source", boom)
-    d = decode_module._decode_guarded(SourceFile("file:///x", b"{}", 0))
-    assert d.tally["records"] == 1 and d.tally["dead_letters"] == {"decoder_error": 1}
-    assert d.dead_letters.column("raw").to_pylist() == [b"{}"]
+    def boom(self, event, *args):
+        original(self, event, *args)  # rows appended before the failure are rolled back
+        if event.get("boom"):
+            raise RuntimeError("bug")
+
+    monkeypatch.setattr(decode_module._SourceDecoder, "records_event", boom)
+    bad = json.dumps({"boom": 1, "Records": [{"ses": notification("r1")},
+                                             {"ses": notification("r2")}]}).encode()
+    data = ndjson(notification("a")) + bad + b"\n" + ndjson(notification("b"))
+    rows, dead, tally = decode(data)
+    assert [r["message_id"] for r in rows] == ["a", "b"]
+    assert [(d["kind"], d["raw"]) for d in dead] == [("decoder_error", bad)]
+    assert tally["records"] == 3 and tally["dead_letters"] == {"decoder_error": 1}
+
+
+def test_unexpected_failure_of_the_splitter_dead_letters_the_rest(monkeypatch):
+    from sesbeam.transforms import decode as decode_module
+
+    def broken(blocks, max_unit):
+        for block in blocks:
+            yield 0, block, orjson.loads(block.split(b"\n")[0]), None
+            raise RuntimeError("bug")
+
+    monkeypatch.setattr(decode_module, "stream_units", broken)
+    data = ndjson(notification("a"), notification("b"))
+    rows, dead, tally = decode(data)
+    assert [r["message_id"] for r in rows] == ["a"]
+    assert [(d["kind"], d["offset"], d["raw"]) for d in dead] == [("decoder_error", -1, data)]
+    assert tally["records"] == 2
 
 
 def test_out_of_range_integer_is_a_dead_letter_not_a_crash():
@@ -311,9 +336,7 @@ def test_out_of_range_integer_is_a_dead_letter_not_a_crash():
 
 
 def test_long_firehose_line_is_split_in_linear_time(monkeypatch):
-    import orjson
-
-    from sesbeam.transforms import decode as decode_module
+    from sesbeam.transforms import containers
 
     parsed = []
 
@@ -325,7 +348,7 @@ def test_long_firehose_line_is_split_in_linear_time(monkeypatch):
             parsed.append(len(buf))
             return orjson.loads(buf)
 
-    monkeypatch.setattr(decode_module, "orjson", CountingOrjson)
+    monkeypatch.setattr(containers, "orjson", CountingOrjson)
     objs = [notification(f"f{i}") for i in range(3000)]
     data = b"".join(json.dumps(o, separators=(",", ":")).encode() for o in objs)
     units = list(split_units(data))
@@ -345,11 +368,11 @@ def test_brace_pair_inside_a_string_does_not_split_an_object():
 
 
 def test_long_firehose_line_is_scanned_for_its_end_once(monkeypatch):
-    from sesbeam.transforms import decode as decode_module
+    from sesbeam.transforms import containers
 
     calls = []
-    real = decode_module._line_end
-    monkeypatch.setattr(decode_module, "_line_end",
+    real = containers._line_end
+    monkeypatch.setattr(containers, "_line_end",
                         lambda data, pos: calls.append(pos) or real(data, pos))
     data = b"".join(json.dumps(notification(f"f{i}"), separators=(",", ":")).encode()
                     for i in range(500))

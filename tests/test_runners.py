@@ -94,7 +94,7 @@ def test_dataflow_runner_dry_run_translates(tmp_path):
     assert job.proto.type_.name == "JOB_TYPE_BATCH"
     transforms = {t.unique_name for t in job.proto_pipeline.components.transforms.values()}
     expected = {
-        "ReadArchives", "ReadArchives/List", "ReadArchives/Read",
+        "ReadArchives", "ReadArchives/List", "ReadArchives/Distribute",
         "DecodeNotifications", "DecodeNotifications/Decode",
         "DeduplicateMessages", "DeduplicateMessages/GroupByBucket",
         "WindowMessages", "ComputeVerdictStats", "ComputeSenderStats",

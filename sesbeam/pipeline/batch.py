@@ -14,6 +14,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from sesbeam.pipeline.options import BatchOptions, parse_duration
 from sesbeam.schemas import SCHEMA_VERSION
 from sesbeam.transforms.privacy import PrivacyPolicy, ProtectPersonalData, hash_key_from_env
+from sesbeam.transforms.containers import DEFAULT_MAX_RECORD_BYTES
 from sesbeam.transforms.signatures import CertificateStore
 from sesbeam.transforms import (
     CommitOutput,
@@ -45,7 +46,8 @@ def new_run_id() -> str:
 def build_batch(pipeline: beam.Pipeline, inputs: list[str], output: str, *, window_s: int,
                 run_id: str, dedupe_buckets: int = 16,
                 certificates: CertificateStore | None = None,
-                privacy: PrivacyPolicy | None = None, fail_on_unreadable: bool = False):
+                privacy: PrivacyPolicy | None = None, fail_on_unreadable: bool = False,
+                max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES):
     """Add the batch graph to ``pipeline``; returns the PCollection of the run summary.
 
     ``certificates``: verify SNS signatures with this store. ``privacy``: hash or drop
@@ -53,8 +55,8 @@ def build_batch(pipeline: beam.Pipeline, inputs: list[str], output: str, *, wind
     """
     output = output.rstrip("/")
     staging = f"{output}/_staging/{run_id}"
-    decoded = (pipeline | "ReadArchives" >> ReadArchives(inputs, fail_on_unreadable)
-               | DecodeNotifications(certificates))
+    decoded = (pipeline | "ReadArchives" >> ReadArchives(inputs)
+               | DecodeNotifications(certificates, max_record_bytes, fail_on_unreadable))
     deduped = decoded["messages"] | DeduplicateMessages(dedupe_buckets)
     messages, dead_letters = deduped["messages"], decoded["dead_letters"]
     if privacy is not None and not privacy.is_noop:
@@ -71,7 +73,7 @@ def build_batch(pipeline: beam.Pipeline, inputs: list[str], output: str, *, wind
                for name, pcoll in tables.items()]
     tallies = [decoded["tallies"], deduped["tallies"], *written] | "AllTallies" >> beam.Flatten()
     context = {"run_id": run_id, "inputs": list(inputs), "window_seconds": window_s,
-               "schema_version": SCHEMA_VERSION,
+               "schema_version": SCHEMA_VERSION, "max_record_bytes": max_record_bytes,
                "sns_signatures_verified": certificates is not None}
     if privacy is not None:
         context["privacy"] = {"local_parts": privacy.local_parts, "subjects": privacy.subjects,
@@ -128,6 +130,8 @@ def run_batch(argv: list[str] | None = None) -> dict:
         window_s = parse_duration(batch.window or "1d")
     except ValueError as e:
         raise UsageError(str(e)) from None
+    if batch.max_record_bytes < 1:
+        raise UsageError("--max_record_bytes must be positive")
     standard = options.view_as(StandardOptions)
     if not standard.runner:
         standard.runner = DEFAULT_LOCAL_RUNNER
@@ -136,7 +140,8 @@ def run_batch(argv: list[str] | None = None) -> dict:
     with beam.Pipeline(options=options) as pipeline:
         build_batch(pipeline, batch.input, batch.output, window_s=window_s, run_id=run_id,
                     dedupe_buckets=batch.dedupe_buckets, certificates=certificates,
-                    privacy=privacy, fail_on_unreadable=batch.fail_on_unreadable)
+                    privacy=privacy, fail_on_unreadable=batch.fail_on_unreadable,
+                    max_record_bytes=batch.max_record_bytes)
     if options.view_as(TestOptions).dry_run:
         return {}
     summary = read_summary(batch.output)

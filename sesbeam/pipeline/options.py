@@ -6,6 +6,8 @@ import re
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from sesbeam.transforms.containers import DEFAULT_MAX_RECORD_BYTES
+
 __all__ = ["BatchOptions", "StreamOptions", "parse_duration"]
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -47,6 +49,12 @@ class BatchOptions(PipelineOptions):
             "--fail_on_unreadable", "--fail-on-unreadable", action="store_true",
             help="Fail the run when an archive object cannot be read (default: record it as "
                  "an unreadable_source dead letter, go on, and exit with code 4).")
+        parser.add_argument(
+            "--max_record_bytes", "--max-record-bytes", type=int,
+            default=DEFAULT_MAX_RECORD_BYTES,
+            help="Largest top-level JSON value (an NDJSON line, a document, a JSON array) "
+                 "decoded; a larger one is a too_large dead letter, skipped without being "
+                 f"held in memory (default {DEFAULT_MAX_RECORD_BYTES} bytes).")
         _add_security_args(parser)
 
 

@@ -172,13 +172,14 @@ DEAD_LETTERS = pa.schema(
            "Index of the record inside the unit (Lambda/SQS `Records[]`, JSON array "
            "element); null for a whole unit."),
         _f("kind", pa.string(),
-           "Error kind: invalid_json, unexpected_shape, invalid_notification, "
+           "Error kind: invalid_json, too_large, unexpected_shape, invalid_notification, "
            "corrupt_compression, unreadable_source, decoder_error, invalid_signature.",
            nullable=False),
         _f("detail", pa.string(), "Human-readable reason.", nullable=False),
         _f("raw", pa.binary(),
            "The bytes that could not be decoded: the unit itself, the inner body or "
-           "element, or the whole source object for compression and read errors.",
+           "element, the first 64 KiB of a too-large unit, or the stored source object "
+           "for compression errors.",
            nullable=False),
     ],
     metadata={"doc": "Every record that could not be turned into a message, with its raw "

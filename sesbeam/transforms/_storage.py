@@ -77,6 +77,70 @@ class _S3Writer(io.BytesIO):
         super().close()
 
 
+class _S3Reader(io.RawIOBase):
+    """An S3 object read as a stream. A body cut off mid-transfer is requested again from
+    where it stopped (``Range``, pinned to the first response's ETag with ``If-Match``):
+    botocore retries requests, not the streaming of their bodies."""
+
+    def __init__(self, client, path: str):
+        super().__init__()
+        self._client, self._path = client, path
+        self._bucket, self._key = _split(path)
+        self._pos, self._etag, self._body = 0, None, None
+        self._size: int | None = None
+        self._request()
+
+    def _request(self) -> None:
+        args = {"Bucket": self._bucket, "Key": self._key}
+        if self._pos:
+            args["Range"] = f"bytes={self._pos}-"
+        if self._etag:
+            args["IfMatch"] = self._etag
+        response = self._client.get_object(**args)
+        self._etag = self._etag or response.get("ETag")
+        if self._size is None:
+            self._size = response.get("ContentLength")
+        self._body = response["Body"]
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        from botocore.exceptions import ConnectionError as BotoConnectionError
+        from botocore.exceptions import IncompleteReadError, ResponseStreamingError
+        from urllib3.exceptions import HTTPError as Urllib3Error
+
+        if self._size is not None and self._pos >= self._size:
+            return b""
+        for attempt in range(S3_MAX_ATTEMPTS):
+            try:
+                if self._body is None:
+                    self._request()
+                data = self._body.read(None if size is None or size < 0 else size)
+                if not data and self._size is not None and self._pos < self._size:
+                    raise IncompleteReadError(actual_bytes=self._pos,
+                                              expected_bytes=self._size)
+                self._pos += len(data)
+                return data
+            except (BotoConnectionError, IncompleteReadError, ResponseStreamingError,
+                    Urllib3Error, ConnectionError):
+                self._body = None
+                if attempt == S3_MAX_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def readinto(self, buffer) -> int:
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        if self._body is not None:
+            self._body.close()
+            self._body = None
+        super().close()
+
+
 class Storage:
     """Open, create, list, rename and delete paths of any Beam filesystem."""
 
@@ -95,25 +159,10 @@ class Storage:
         return path.startswith("s3://")
 
     def open(self, path: str) -> BinaryIO:
-        """The object's bytes as stored (no decompression)."""
+        """The object's bytes as stored (no decompression), read as a stream."""
         if self._is_s3(path):
-            return io.BytesIO(self._get(path))
+            return _S3Reader(self.s3, path)
         return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
-
-    def _get(self, path: str) -> bytes:
-        """The whole object; a body cut off mid-transfer is fetched again (botocore retries
-        requests, not the streaming of their bodies)."""
-        from botocore.exceptions import ConnectionError as BotoConnectionError
-        from botocore.exceptions import IncompleteReadError, ResponseStreamingError
-
-        bucket, key = _split(path)
-        for attempt in range(S3_MAX_ATTEMPTS):
-            try:
-                return self.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-            except (BotoConnectionError, IncompleteReadError, ResponseStreamingError):
-                if attempt == S3_MAX_ATTEMPTS - 1:
-                    raise
-        raise AssertionError("unreachable")
 
     def create(self, path: str, mime_type: str = "application/octet-stream") -> BinaryIO:
         """A new object at ``path`` (parent directories created locally)."""

@@ -22,9 +22,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
-import re
-import zlib
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
 import apache_beam as beam
 import orjson
@@ -32,6 +30,16 @@ import pyarrow as pa
 
 from sesbeam.schemas import DEAD_LETTERS, wire
 from sesbeam.transforms._arrow import MAX_BATCH_ROWS
+from sesbeam.transforms._storage import Storage
+from sesbeam.transforms.containers import (
+    BLOCK_BYTES,
+    DEFAULT_MAX_RECORD_BYTES,
+    TOO_LARGE,
+    Gunzip,
+    decompress,
+    split_units,
+    stream_units,
+)
 from sesbeam.transforms.progress import note_source
 from sesbeam.transforms.signatures import sns_signature_failure
 from sesbeam.transforms.normalize import (
@@ -46,10 +54,12 @@ from sesbeam.transforms.normalize import (
 __all__ = [
     "DEAD_LETTER_KINDS",
     "SKIP_REASONS",
+    "ArchiveObject",
     "DecodeNotifications",
     "DecodedSource",
     "SourceFile",
     "decode_source",
+    "decode_stream",
     "decompress",
     "split_units",
 ]
@@ -67,6 +77,8 @@ SKIP_REASONS = {
 #: Why a record could not be decoded.
 DEAD_LETTER_KINDS = {
     "invalid_json": "bytes that do not parse as JSON (including invalid UTF-8)",
+    "too_large": "a top-level JSON value (line, document, array) larger than "
+                 "--max_record_bytes; raw holds its first 64 KiB",
     "unexpected_shape": "valid JSON in an impossible place (a number as a record, ...)",
     "invalid_notification": "a receipt notification with a missing or mistyped field",
     "corrupt_compression": "a gzip stream that is corrupt or cut short",
@@ -83,21 +95,26 @@ _SENDING_TYPES = frozenset({
     "Bounce", "Complaint", "Delivery", "Send", "Reject", "Open", "Click",
     "Rendering Failure", "RenderingFailure", "DeliveryDelay", "Subscription",
 })
-_GZIP_MAGIC = b"\x1f\x8b"
-_BOM = b"\xef\xbb\xbf"
-_SPACE = re.compile(rb"[ \t\r\n]*")
-_DECODER = json.JSONDecoder()
-#: ``}{`` inside strings is rare; after this many false candidates, scan properly instead.
-_MAX_BOUNDARY_TRIES = 8
+#: Dead letters are emitted in batches of at most this many rows or raw bytes.
+_DEAD_BATCH_ROWS = 4096
+_DEAD_BATCH_BYTES = 64 << 20
 
 
 class SourceFile(NamedTuple):
-    """One source object as read: its URI, bytes (None when unreadable), mtime."""
+    """One source object held in memory: its URI, bytes (None when unreadable), mtime."""
 
     uri: str
     data: bytes | None
     mtime_ms: int | None = None
     error: str | None = None
+
+
+class ArchiveObject(NamedTuple):
+    """One source object to be read as a stream by ``DecodeNotifications``."""
+
+    uri: str
+    size: int | None = None
+    mtime_ms: int | None = None
 
 
 class DecodedSource(NamedTuple):
@@ -106,132 +123,6 @@ class DecodedSource(NamedTuple):
     messages: list[pa.RecordBatch]
     dead_letters: pa.RecordBatch | None
     tally: dict
-
-
-def decompress(data: bytes) -> tuple[bytes, str | None]:
-    """Gunzip ``data`` when it starts with the gzip magic (any number of members).
-
-    Returns the bytes (as much as could be recovered) and an error text or None.
-    """
-    if not data.startswith(_GZIP_MAGIC):
-        return data, None
-    parts: list[bytes] = []
-    rest = data
-    while rest:
-        inflater = zlib.decompressobj(wbits=31)
-        try:
-            parts.append(inflater.decompress(rest))
-        except zlib.error as e:
-            return b"".join(parts), f"corrupt gzip stream: {e}"
-        if not inflater.eof:
-            return b"".join(parts), "gzip stream cut short"
-        rest = inflater.unused_data
-        if rest and not rest.startswith(_GZIP_MAGIC):
-            if rest.strip(b"\0"):
-                return b"".join(parts), f"{len(rest)} bytes of non-gzip data after the stream"
-            break
-    return b"".join(parts), None
-
-
-def split_units(data: bytes) -> Iterator[tuple[int, bytes | memoryview, Any, str | None]]:
-    """Top-level JSON values of a container: ``(offset, raw, value, error)``.
-
-    Fast path: each line parses as one value (NDJSON). Otherwise the value starting at the
-    line is delimited with a JSON scanner (pretty-printed documents, Firehose ``}{``
-    concatenation). A unit that does not parse yields ``error`` (and value None) with its
-    bytes: the line, or, when the broken value spans several lines and the next line is not
-    a value of its own, everything up to the line where the scanner failed. ``raw`` is a
-    zero-copy view for good units (``bytes(raw)`` when it must be kept).
-    """
-    view = memoryview(data)
-    n = len(data)
-    pos = 3 if data.startswith(_BOM) else 0
-    prev_end = -1  # where the previous unit ended (its newline included); -1 at the start
-    text: str | None = None  # latin-1 view of data: one char per byte, for the scanner
-    eol = -1
-    memo: dict = {}
-    while True:
-        pos = _SPACE.match(data, pos).end()
-        if pos >= n:
-            return
-        if eol < pos:  # a long line holds many units (Firehose): find its end once
-            eol = _line_end(data, pos)
-        if prev_end < 0 or data.find(b"\n", prev_end, pos) >= 0:  # at a line start
-            try:
-                yield pos, view[pos:eol], orjson.loads(view[pos:eol]), None
-                prev_end, pos = eol, eol + 1
-                continue
-            except orjson.JSONDecodeError:
-                pass
-        end, value = _concatenated(view, data, pos, eol, memo)
-        if end is not None:
-            yield pos, view[pos:end], value, None
-            prev_end = pos = end
-            continue
-        if data[pos:pos + 1] not in (b"{", b"["):  # no JSON container starts here
-            yield pos, data[pos:eol].rstrip(b"\r"), None, "not JSON"
-            pos = eol + 1
-            continue
-        if text is None:
-            text = data.decode("latin-1")
-        try:
-            end = _DECODER.raw_decode(text, pos)[1]
-        except (ValueError, RecursionError) as e:
-            error_pos = getattr(e, "pos", eol)
-            stop = eol if _next_line_parses(data, eol) else max(eol, _line_end(data, error_pos))
-            yield pos, data[pos:stop].rstrip(b"\r"), None, f"{type(e).__name__}: {e}"[:500]
-            prev_end, pos = stop, stop + 1
-            continue
-        try:
-            value = orjson.loads(view[pos:end])
-        except orjson.JSONDecodeError as e:  # e.g. invalid UTF-8 inside a string
-            yield pos, data[pos:end], None, str(e)
-        else:
-            yield pos, view[pos:end], value, None
-        prev_end = pos = end
-
-
-def _concatenated(view: memoryview, data: bytes, pos: int, eol: int,
-                  memo: dict) -> tuple[int | None, Any]:
-    """End and value of the object at ``pos`` when another follows with no delimiter.
-
-    Firehose writes records back to back (``}{``): try the candidate boundaries in this
-    line, each parse costing only the object's length. ``(None, None)`` when no candidate
-    works (the caller then scans with a full JSON scanner). ``memo`` keeps the last search
-    so that a long line is searched once, not once per object.
-    """
-    search = pos
-    for _ in range(_MAX_BOUNDARY_TRIES):
-        if memo.get("eol") == eol and memo["from"] <= search and (
-                memo["at"] < 0 or memo["at"] >= search):
-            boundary = memo["at"]
-        else:
-            boundary = data.find(b"}{", search, eol)
-            memo.update(eol=eol, at=boundary)
-            memo["from"] = search
-        if boundary < 0:
-            break
-        try:
-            return boundary + 1, orjson.loads(view[pos:boundary + 1])
-        except orjson.JSONDecodeError:
-            search = boundary + 1
-    return None, None
-
-
-def _line_end(data: bytes, pos: int) -> int:
-    eol = data.find(b"\n", pos)
-    return len(data) if eol < 0 else eol
-
-
-def _next_line_parses(data: bytes, eol: int) -> bool:
-    start = _SPACE.match(data, eol).end()
-    if start >= len(data):
-        return False
-    try:
-        orjson.loads(memoryview(data)[start:_line_end(data, start)])
-        return True
-    except orjson.JSONDecodeError:
-        return False
 
 
 def _dumps(value: Any) -> bytes:
@@ -284,6 +175,8 @@ class _SourceDecoder:
         self.records = 0
         self.skipped: dict[str, int] = {}
         self.dead_kinds: dict[str, int] = {}
+        self.dead_bytes = 0
+        self.notifications = 0  # rows in batches already taken
 
     # -- outcomes -------------------------------------------------------------------------
     def skip(self, reason: str) -> None:
@@ -295,6 +188,7 @@ class _SourceDecoder:
         self.records += 1
         self.dead_kinds[kind] = self.dead_kinds.get(kind, 0) + 1
         self.dead.append((self.uri, offset, record, kind, detail, raw))
+        self.dead_bytes += len(raw)
 
     def message(self, normalize: Callable[[int], tuple], raw: Callable[[], bytes],
                 offset: int, record: int | None) -> None:
@@ -305,8 +199,43 @@ class _SourceDecoder:
             return
         self.records += 1
         self.builder.append(row)
-        if len(self.builder) >= MAX_BATCH_ROWS:
-            self.batches.append(self.builder.build())
+
+    # -- streaming ------------------------------------------------------------------------
+    def checkpoint(self) -> tuple:
+        return (len(self.builder), self.records, dict(self.skipped), dict(self.dead_kinds),
+                len(self.dead), self.dead_bytes)
+
+    def rollback(self, checkpoint: tuple) -> None:
+        """Forget everything since ``checkpoint`` (taken between units)."""
+        rows, self.records, self.skipped, self.dead_kinds, dead, self.dead_bytes = checkpoint
+        self.builder.truncate(rows)
+        del self.dead[dead:]
+
+    def take(self, final: bool = False) -> Iterator[tuple[str, pa.RecordBatch]]:
+        """Full batches of messages and dead letters (all of them when ``final``)."""
+        if len(self.builder) >= MAX_BATCH_ROWS or final and len(self.builder):
+            batch = self.builder.build()
+            self.notifications += batch.num_rows
+            yield "messages", batch
+        if self.dead and (final or len(self.dead) >= _DEAD_BATCH_ROWS
+                          or self.dead_bytes >= _DEAD_BATCH_BYTES):
+            yield "dead_letters", self._dead_batch()
+
+    def _dead_batch(self) -> pa.RecordBatch:
+        batch = pa.RecordBatch.from_pylist(
+            [dict(zip(DEAD_LETTERS.names, row)) for row in self.dead], schema=_DEAD_WIRE)
+        self.dead, self.dead_bytes = [], 0
+        return batch
+
+    def tally(self, nbytes: int) -> dict:
+        return {
+            "sources": 1,
+            "bytes": nbytes,
+            "records": self.records,
+            "notifications": self.notifications,
+            "skipped": dict(self.skipped),
+            "dead_letters": dict(self.dead_kinds),
+        }
 
     # -- layers ---------------------------------------------------------------------------
     def unit(self, offset: int, raw: bytes | memoryview, value: Any) -> None:
@@ -438,72 +367,182 @@ class _SourceDecoder:
 
     # -- result ---------------------------------------------------------------------------
     def result(self, nbytes: int) -> DecodedSource:
-        if len(self.builder):
-            self.batches.append(self.builder.build())
-        dead = None
-        if self.dead:
-            dead = pa.RecordBatch.from_pylist(
-                [dict(zip(DEAD_LETTERS.names, row)) for row in self.dead], schema=_DEAD_WIRE)
-        tally = {
-            "sources": 1,
-            "bytes": nbytes,
-            "records": self.records,
-            "notifications": sum(b.num_rows for b in self.batches),
-            "skipped": dict(self.skipped),
-            "dead_letters": dict(self.dead_kinds),
-        }
-        return DecodedSource(self.batches, dead, tally)
+        """Everything decoded so far, as one ``DecodedSource``."""
+        messages, dead = [], []
+        for name, batch in self.take(final=True):
+            (messages if name == "messages" else dead).append(batch)
+        return DecodedSource(messages, _one_batch(dead), self.tally(nbytes))
 
 
-def decode_source(source: SourceFile, certificates=None) -> DecodedSource:
-    """Decode one whole source object (the plain twin of ``DecodeNotifications``).
+def _one_batch(batches: list[pa.RecordBatch]) -> pa.RecordBatch | None:
+    if not batches:
+        return None
+    if len(batches) == 1:
+        return batches[0]
+    return pa.Table.from_batches(batches).combine_chunks().to_batches()[0]
+
+
+def decode_source(source: SourceFile, certificates=None,
+                  max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> DecodedSource:
+    """Decode one whole source object held in memory (the plain twin of
+    ``DecodeNotifications``).
 
     With a ``CertificateStore``, every SNS notification envelope must carry a valid
     signature; the others become ``invalid_signature`` dead letters.
     """
+    messages, dead, tally = [], [], {}
+    chunks = None if source.data is None else [source.data]
+    for name, value in decode_stream(source.uri, chunks, source.mtime_ms, certificates,
+                                     max_record_bytes, read_error=source.error,
+                                     stored_prefix=lambda n: (source.data or b"")[:n]):
+        if name == "messages":
+            messages.append(value)
+        elif name == "dead_letters":
+            dead.append(value)
+        else:
+            tally = value
+    return DecodedSource(messages, _one_batch(dead), tally)
+
+
+class _Reader:
+    """The stored blocks of a source, counted; a read error ends them and is kept."""
+
+    def __init__(self, chunks: Iterable[bytes]):
+        self._chunks = chunks
+        self.nbytes = 0
+        self.error: Exception | None = None
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            for chunk in self._chunks:
+                self.nbytes += len(chunk)
+                yield chunk
+        except Exception as e:  # noqa: BLE001 - a failed read becomes a dead letter
+            self.error = e
+
+
+class _Head:
+    """The first ``limit`` inflated bytes, kept while they may be needed whole."""
+
+    def __init__(self, blocks: Iterable[bytes], limit: int):
+        self._blocks, self._limit = blocks, limit
+        self.parts: list[bytes] | None = []
+        self._size = 0
+
+    def release(self) -> None:
+        self.parts = None
+
+    def __iter__(self) -> Iterator[bytes]:
+        for block in self._blocks:
+            if self.parts is not None:
+                self._size += len(block)
+                if self._size > self._limit:
+                    self.parts = None
+                else:
+                    self.parts.append(block)
+            yield block
+
+
+def decode_stream(uri: str, chunks: Iterable[bytes] | None, mtime_ms: int | None = None,
+                  certificates=None, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES, *,
+                  read_error: str | None = None, fail_on_unreadable: bool = False,
+                  stored_prefix: Callable[[int], bytes] | None = None,
+                  ) -> Iterator[tuple[str, Any]]:
+    """Decode one source read as a stream of stored blocks, in bounded memory.
+
+    Yields ``("messages", RecordBatch)`` and ``("dead_letters", RecordBatch)`` as they fill,
+    then one ``("tally", dict)``. ``chunks`` None means the source could not be opened
+    (``read_error`` says why). A read that fails part-way ends the source with an
+    ``unreadable_source`` dead letter (or raises, with ``fail_on_unreadable``).
+    ``stored_prefix(n)`` gives the first ``n`` stored bytes again, for the dead letter of a
+    corrupt gzip stream.
+    """
+    decoder = _SourceDecoder(uri, mtime_ms, certificates)
+    if chunks is None:
+        decoder.dead_letter("unreadable_source", read_error or "unreadable", b"", -1)
+        yield from decoder.take(final=True)
+        yield "tally", decoder.tally(0)
+        return
+    if _basename(uri) == SETUP_NOTIFICATION:
+        nbytes = sum(len(c) for c in chunks)
+        decoder.skip("setup_notification")
+        yield "tally", decoder.tally(nbytes)
+        return
     collecting = gc.isenabled()
     gc.disable()  # decoding allocates millions of acyclic objects: GC passes cost ~20%
     try:
-        return _decode(source, certificates)
+        reader = _Reader(chunks)
+        inflated = Gunzip(reader)
+        head = _Head(inflated, max_record_bytes)
+        try:
+            yield from _decode_units(decoder, stream_units(head, max_record_bytes), head)
+        except Exception as e:  # noqa: BLE001 - bad input must never stop a run
+            if isinstance(e, IOError) and fail_on_unreadable:
+                raise
+            _LOG.exception("decoding %s failed", uri)
+            stored = stored_prefix(max_record_bytes) if stored_prefix else b""
+            decoder.dead_letter("decoder_error", f"decoding stopped: {type(e).__name__}: "
+                                f"{e}"[:500], stored, -1)
+            yield from decoder.take(final=True)
+            yield "tally", decoder.tally(reader.nbytes)
+            return
+        if reader.error is not None:
+            if fail_on_unreadable:
+                raise IOError(f"cannot read {uri}: {reader.error}") from reader.error
+            decoder.dead_letter("unreadable_source", f"read failed after {reader.nbytes} "
+                                f"bytes: {type(reader.error).__name__}: {reader.error}", b"", -1)
+        elif inflated.error:
+            stored = stored_prefix(max_record_bytes) if stored_prefix else b""
+            detail = inflated.error
+            if reader.nbytes > len(stored):
+                detail += f" (raw holds the first {len(stored)} of {reader.nbytes} bytes)"
+            decoder.dead_letter("corrupt_compression", detail, stored, -1)
+        yield from decoder.take(final=True)
+        yield "tally", decoder.tally(reader.nbytes)
     finally:
         if collecting:
             gc.enable()
 
 
-def _decode(source: SourceFile, certificates) -> DecodedSource:
-    decoder = _SourceDecoder(source.uri, source.mtime_ms, certificates)
-    if source.data is None:
-        decoder.dead_letter("unreadable_source", source.error or "unreadable", b"", -1)
-        return decoder.result(0)
-    if _basename(source.uri) == SETUP_NOTIFICATION:
-        decoder.skip("setup_notification")
-        return decoder.result(len(source.data))
-    data, error = decompress(source.data)
-    if error:
-        decoder.dead_letter("corrupt_compression", error, source.data, -1)
+def _decode_units(decoder: _SourceDecoder, units, head: _Head):
+    """Decode the units of one source; yields full batches as they fill."""
     bad: list[tuple] = []  # (offset, raw, kind, detail), held back until a unit parses
-    parsed = False
-    for offset, raw, value, parse_error in split_units(data):
-        if parse_error is None and isinstance(value, (dict, list)):
-            parsed = True
+    holding = True  # no unit parsed yet, and what was seen may still be one dead letter
+    for offset, raw, value, error in units:
+        if error is None and isinstance(value, (dict, list)):
+            holding = False
+            head.release()
             _flush_bad(decoder, bad)
-            decoder.unit(offset, raw, value)
+            checkpoint = decoder.checkpoint()
+            try:
+                decoder.unit(offset, raw, value)
+            except Exception as e:  # noqa: BLE001 - bad input must never stop a run
+                _LOG.exception("decoding a unit of %s failed", decoder.uri)
+                decoder.rollback(checkpoint)
+                decoder.dead_letter("decoder_error", f"{type(e).__name__}: {e}"[:500],
+                                    bytes(raw).rstrip(b"\r"), offset)
+            yield from decoder.take()
             continue
-        if parse_error is None:
+        if error is not None and error.startswith(TOO_LARGE):
+            bad.append((offset, bytes(raw), "too_large", error))
+            holding = False
+            head.release()
+        elif error is None:
             bad.append((offset, bytes(raw), "unexpected_shape",
                         f"a JSON {type(value).__name__}, not an object"))
         else:
-            bad.append((offset, bytes(raw), "invalid_json", parse_error))
-        if parsed:
+            bad.append((offset, bytes(raw), "invalid_json", error))
+        if not holding or head.parts is None:
+            holding = False
             _flush_bad(decoder, bad)
-    if not parsed and len(bad) > 1:
+            yield from decoder.take()
+    if holding and len(bad) > 1:
         # Nothing in the object is JSON (a README, a raw email, a binary file): one dead
         # letter for the whole object rather than one per line.
         decoder.dead_letter("invalid_json", f"no JSON object in this source ({len(bad)} bad "
-                            f"units; first: {bad[0][3]})", data, 0)
+                            f"units; first: {bad[0][3]})", b"".join(head.parts), 0)
     else:
         _flush_bad(decoder, bad)
-    return decoder.result(len(source.data))
 
 
 def _flush_bad(decoder: _SourceDecoder, bad: list) -> None:
@@ -512,47 +551,88 @@ def _flush_bad(decoder: _SourceDecoder, bad: list) -> None:
     bad.clear()
 
 
-def _decode_guarded(source: SourceFile, certificates=None) -> DecodedSource:
-    """``decode_source``; should it fail unexpectedly, the whole source is one dead letter."""
+def _stored_prefix(storage: Storage, uri: str, limit: int) -> bytes:
     try:
-        return decode_source(source, certificates)
-    except Exception as e:  # noqa: BLE001 - bad input must never stop a run
-        _LOG.exception("decoding %s failed", source.uri)
-        decoder = _SourceDecoder(source.uri, source.mtime_ms)
-        decoder.dead_letter("decoder_error", f"{type(e).__name__}: {e}", source.data or b"", -1)
-        return decoder.result(len(source.data or b""))
+        with storage.open(uri) as f:
+            return f.read(limit)
+    except Exception:  # noqa: BLE001 - only for a dead letter's raw
+        return b""
 
 
 class _DecodeDoFn(beam.DoFn):
-    def __init__(self, certificates=None):
+    def __init__(self, certificates=None, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+                 fail_on_unreadable: bool = False):
         self._certificates = certificates
+        self._max = max_record_bytes
+        self._fail = fail_on_unreadable
 
-    def process(self, source: SourceFile):
-        decoded = _decode_guarded(source, self._certificates)
-        note_source(decoded.tally["bytes"], decoded.tally["records"])
-        yield from decoded.messages
-        if decoded.dead_letters is not None:
-            yield beam.pvalue.TaggedOutput(DecodeNotifications.DEAD_LETTERS, decoded.dead_letters)
-        yield beam.pvalue.TaggedOutput(DecodeNotifications.TALLIES, decoded.tally)
+    def setup(self):
+        self._storage = Storage()
+
+    def process(self, source):
+        if isinstance(source, ArchiveObject):
+            chunks, error = self._open(source.uri)
+            if chunks is None and self._fail:
+                raise IOError(f"cannot read {source.uri}: {error}")
+            decoded = decode_stream(
+                source.uri, chunks, source.mtime_ms, self._certificates, self._max,
+                read_error=error, fail_on_unreadable=self._fail,
+                stored_prefix=lambda n: _stored_prefix(self._storage, source.uri, n))
+        else:
+            chunks = None if source.data is None else [source.data]
+            decoded = decode_stream(source.uri, chunks, source.mtime_ms, self._certificates,
+                                    self._max, read_error=source.error,
+                                    fail_on_unreadable=self._fail,
+                                    stored_prefix=lambda n: (source.data or b"")[:n])
+        for name, value in decoded:
+            if name == "messages":
+                yield value
+            elif name == "dead_letters":
+                yield beam.pvalue.TaggedOutput(DecodeNotifications.DEAD_LETTERS, value)
+            else:
+                note_source(value["bytes"], value["records"])
+                yield beam.pvalue.TaggedOutput(DecodeNotifications.TALLIES, value)
+
+    def _open(self, uri: str):
+        """The object's stored blocks, or None and why it cannot be opened."""
+        try:
+            f = self._storage.open(uri)
+        except Exception as e:  # noqa: BLE001 - any read failure becomes a dead letter
+            _LOG.warning("could not read %s: %s", uri, e)
+            return None, f"{type(e).__name__}: {e}"
+        return _blocks(f), None
+
+
+def _blocks(f) -> Iterator[bytes]:
+    with f:
+        while chunk := f.read(BLOCK_BYTES):
+            yield chunk
 
 
 class DecodeNotifications(beam.PTransform):
-    """``SourceFile`` -> ``{"messages", "dead_letters", "tallies"}``.
+    """``ArchiveObject`` or ``SourceFile`` -> ``{"messages", "dead_letters", "tallies"}``.
 
     ``messages`` and ``dead_letters`` are PCollections of ``pyarrow.RecordBatch`` (schemas
     ``MESSAGES`` and ``DEAD_LETTERS``); ``tallies`` holds one accounting dict per source.
+    An ``ArchiveObject`` is read as a stream, so memory stays bounded whatever its size.
     """
 
     MESSAGES = "messages"
     DEAD_LETTERS = "dead_letters"
     TALLIES = "tallies"
 
-    def __init__(self, certificates=None):
-        """``certificates``: a ``CertificateStore`` to verify SNS signatures with."""
+    def __init__(self, certificates=None, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+                 fail_on_unreadable: bool = False):
+        """``certificates``: a ``CertificateStore`` to verify SNS signatures with.
+        ``max_record_bytes``: larger top-level JSON values are ``too_large`` dead letters.
+        ``fail_on_unreadable``: an object that cannot be read fails the pipeline."""
         super().__init__()
         self._certificates = certificates
+        self._max = max_record_bytes
+        self._fail = fail_on_unreadable
 
     def expand(self, sources):
-        outputs = sources | "Decode" >> beam.ParDo(_DecodeDoFn(self._certificates)).with_outputs(
+        outputs = sources | "Decode" >> beam.ParDo(
+            _DecodeDoFn(self._certificates, self._max, self._fail)).with_outputs(
             self.DEAD_LETTERS, self.TALLIES, main=self.MESSAGES)
         return {name: outputs[name] for name in (self.MESSAGES, self.DEAD_LETTERS, self.TALLIES)}

@@ -293,6 +293,11 @@ class MessageBuilder:
         for column, value in zip(self._columns, row):
             column.append(value)
 
+    def truncate(self, rows: int) -> None:
+        """Forget the rows after the first ``rows``."""
+        for column in self._columns:
+            del column[rows:]
+
     def build(self) -> pa.RecordBatch:
         """The collected rows as one batch; the builder is empty afterwards."""
         arrays = [pa.array(col, type=f.type) for col, f in zip(self._columns, _WIRE)]

@@ -1,0 +1,356 @@
+"""Containers: gzip and the top-level JSON values of a source, read as a stream.
+
+A source object is read in blocks; ``gunzip`` inflates them (any number of gzip members,
+output in bounded blocks, so a gzip bomb costs time, not memory) and ``stream_units``
+cuts the result into *units*, the top-level JSON values: NDJSON lines, (pretty-printed)
+documents, JSON arrays, Firehose's ``}{`` concatenation. Memory is bounded by a window of
+three times ``max_unit`` bytes, whatever the size of the object or of its lines.
+
+A unit longer than ``max_unit`` bytes is not parsed: it comes out as an error unit marked
+``TOO_LARGE``, with its first ``TOO_LARGE_RAW_BYTES`` bytes, its length and SHA-256. Where
+it ends is known when it fits in the window; otherwise it is taken to run to the end of
+its line, or, for a multi-line document, to the end of the source.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import zlib
+from typing import Any, Iterable, Iterator
+
+import orjson
+
+__all__ = ["BLOCK_BYTES", "DEFAULT_MAX_RECORD_BYTES", "TOO_LARGE", "TOO_LARGE_RAW_BYTES",
+           "Gunzip", "decompress", "split_units", "stream_units"]
+
+#: Bytes read from a source, and inflated from gzip, per step.
+BLOCK_BYTES = 4 << 20
+#: Default for ``--max_record_bytes``: a top-level JSON value larger than this is a
+#: ``too_large`` dead letter. SNS messages are at most 256 KiB, Lambda events 6 MB,
+#: Firehose records 1,000 KiB, so a real archive never comes near it.
+DEFAULT_MAX_RECORD_BYTES = 10 << 20
+#: How much of a too-large unit its dead letter keeps in ``raw``.
+TOO_LARGE_RAW_BYTES = 64 << 10
+#: The error text of a too-large unit starts with this.
+TOO_LARGE = "too large"
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_BOM = b"\xef\xbb\xbf"
+_SPACE = re.compile(rb"[ \t\r\n]*")
+_DECODER = json.JSONDecoder()
+#: ``}{`` inside strings is rare; after this many false candidates, scan properly instead.
+_MAX_BOUNDARY_TRIES = 8
+
+
+class Gunzip:
+    """Iterate over the inflated blocks of a stream of stored blocks.
+
+    Data that does not start with the gzip magic passes through unchanged. After the
+    iteration, ``compressed`` says whether it was gzip and ``error`` is None or why the
+    stream could not be inflated to its end (everything before that point was yielded).
+    """
+
+    def __init__(self, chunks: Iterable[bytes], out_block: int = BLOCK_BYTES):
+        self._chunks = iter(chunks)
+        self._out = out_block
+        self.compressed = False
+        self.error: str | None = None
+
+    def _next(self) -> bytes | None:
+        for chunk in self._chunks:
+            if chunk:
+                return chunk
+        return None
+
+    def __iter__(self) -> Iterator[bytes]:
+        head = b""
+        while len(head) < 2:
+            chunk = self._next()
+            if chunk is None:
+                break
+            head += chunk
+        if not head.startswith(_GZIP_MAGIC):
+            if head:
+                yield head
+            yield from self._chunks
+            return
+        self.compressed = True
+        yield from self._inflate(head)
+
+    def _inflate(self, pending: bytes) -> Iterator[bytes]:
+        inflater = zlib.decompressobj(wbits=31)
+        while True:
+            if not pending:
+                pending = self._next()
+                if pending is None:
+                    if not inflater.eof:
+                        self.error = "gzip stream cut short"
+                    return
+            try:
+                out = inflater.decompress(pending, self._out)
+            except zlib.error as e:
+                self.error = f"corrupt gzip stream: {e}"
+                return
+            if out:
+                yield out
+            if not inflater.eof:
+                pending = inflater.unconsumed_tail
+                continue
+            while len(out := inflater.flush()):  # nothing left in practice; be safe
+                yield out
+            rest = inflater.unused_data
+            while len(rest) < 2:
+                chunk = self._next()
+                if chunk is None:
+                    break
+                rest += chunk
+            if not rest:
+                return
+            if not rest.startswith(_GZIP_MAGIC):
+                self._trailing(rest)
+                return
+            inflater, pending = zlib.decompressobj(wbits=31), rest
+
+    def _trailing(self, rest: bytes) -> None:
+        size, garbage = len(rest), bool(rest.strip(b"\0"))
+        for chunk in self._chunks:
+            size += len(chunk)
+            garbage = garbage or bool(chunk.strip(b"\0"))
+        if garbage:
+            self.error = f"{size} bytes of non-gzip data after the stream"
+
+
+def decompress(data: bytes) -> tuple[bytes, str | None]:
+    """Gunzip ``data`` when it starts with the gzip magic (any number of members).
+
+    Returns the bytes (as much as could be recovered) and an error text or None.
+    """
+    inflated = Gunzip([data])
+    out = b"".join(inflated)
+    return out, inflated.error
+
+
+def split_units(data: bytes) -> Iterator[tuple[int, bytes | memoryview, Any, str | None]]:
+    """Top-level JSON values of a whole container: ``(offset, raw, value, error)``.
+
+    The in-memory form of ``stream_units`` (no size limit).
+    """
+    yield from _Splitter(data, final=True, max_unit=len(data) + 1, line_start=True,
+                         bom=True).units()
+
+
+def stream_units(blocks: Iterable[bytes], max_unit: int = DEFAULT_MAX_RECORD_BYTES,
+                 ) -> Iterator[tuple[int, bytes | memoryview, Any, str | None]]:
+    """Top-level JSON values of a container read in blocks: ``(offset, raw, value, error)``.
+
+    Fast path: each line parses as one value (NDJSON). Otherwise the value starting at the
+    line is delimited with a JSON scanner (pretty-printed documents, Firehose ``}{``
+    concatenation). A unit that does not parse yields ``error`` (and value None) with its
+    bytes: the line, or, when the broken value spans several lines and the next line is not
+    a value of its own, everything up to the line where the scanner failed. A unit longer
+    than ``max_unit`` yields an error starting with ``TOO_LARGE`` and only its first
+    ``TOO_LARGE_RAW_BYTES`` bytes. ``raw`` may be a zero-copy view (``bytes(raw)`` when it
+    must be kept). Offsets count from the start of the stream.
+    """
+    if max_unit < 1:
+        raise ValueError("max_unit must be positive")
+    blocks = iter(blocks)
+    window = max(3 * max_unit, BLOCK_BYTES)
+    tail, base, line_start, eof = b"", 0, True, False
+    while True:
+        parts, size = [tail], len(tail)
+        while not eof and size < window:
+            block = next(blocks, None)
+            if block is None:
+                eof = True
+            else:
+                parts.append(block)
+                size += len(block)
+        data = b"".join(parts) if len(parts) > 1 else tail
+        splitter = _Splitter(data, final=eof, max_unit=max_unit, line_start=line_start,
+                             bom=base == 0, base=base)
+        yield from splitter.units()
+        if eof and splitter.skip is None:
+            return
+        pos = splitter.stop
+        if splitter.skip is None:  # stopped at the horizon: keep the rest for the next pass
+            tail, base, line_start = data[pos:], base + pos, splitter.line_start
+            continue
+        # A unit too large for the window: skip it, hashing it, to the end of its line
+        # (or of the source), without holding it.
+        start, mode = base + pos, splitter.skip
+        digest, length = hashlib.sha256(), 0
+        prefix = data[pos:pos + TOO_LARGE_RAW_BYTES]
+        chunk, at = data, pos
+        tail = b""
+        while True:
+            cut = chunk.find(b"\n", at) if mode == "line" else -1
+            if cut >= 0:
+                digest.update(memoryview(chunk)[at:cut])
+                length += cut - at
+                tail = chunk[cut:]  # from the newline on: the next pass starts a line
+                break
+            digest.update(memoryview(chunk)[at:])
+            length += len(chunk) - at
+            chunk, at = (None if eof else next(blocks, None)), 0
+            if chunk is None:
+                eof = True
+                break
+        yield start, prefix, None, _too_large(length, max_unit, digest.hexdigest(), mode)
+        if eof and not tail:
+            return
+        base, line_start = start + length, True
+
+
+def _too_large(length: int, limit: int, sha256: str, to: str | None = None) -> str:
+    where = {"line": " (to the end of its line)", "source": " (to the end of the source)"}
+    return (f"{TOO_LARGE}: a record of {length} bytes{where.get(to, '')} exceeds the limit "
+            f"of {limit} bytes (sha256 {sha256}); raw holds its first "
+            f"{min(length, TOO_LARGE_RAW_BYTES)} bytes")
+
+
+class _Splitter:
+    """One pass over a window of the stream; see ``stream_units``.
+
+    Units start before the horizon (``len(data) - max_unit`` unless ``final``); after
+    ``units()``, ``stop`` is where the next pass starts, ``line_start`` whether that is
+    the start of a line, and ``skip`` ``"line"``/``"source"`` when the unit at ``stop``
+    is too large to be delimited in this window.
+    """
+
+    def __init__(self, data: bytes, *, final: bool, max_unit: int, line_start: bool,
+                 bom: bool, base: int = 0):
+        self.data, self.final, self.max_unit, self.base = data, final, max_unit, base
+        self.horizon = len(data) if final else len(data) - max_unit
+        self.pos = 3 if bom and data.startswith(_BOM) else 0
+        self.prev_end = -1 if line_start else 0  # where the previous unit ended
+        self.stop, self.line_start, self.skip = len(data), True, None
+
+    def _big(self, pos: int, end: int) -> bool:
+        return end - pos > self.max_unit
+
+    def _too_large(self, pos: int, end: int):
+        raw = self.data[pos:end]
+        return (self.base + pos, raw[:TOO_LARGE_RAW_BYTES], None,
+                _too_large(end - pos, self.max_unit, hashlib.sha256(raw).hexdigest()))
+
+    def units(self) -> Iterator[tuple[int, bytes | memoryview, Any, str | None]]:
+        data, base = self.data, self.base
+        view = memoryview(data)
+        n = len(data)
+        pos = self.pos
+        prev_end = self.prev_end
+        text: str | None = None  # latin-1 view of data: one char per byte, for the scanner
+        eol = -1
+        memo: dict = {}
+        while True:
+            pos = _SPACE.match(data, pos).end()
+            at_line_start = prev_end < 0 or data.find(b"\n", prev_end, pos) >= 0
+            if pos >= n:
+                self.stop, self.line_start = n, at_line_start
+                return
+            if pos >= self.horizon:
+                self.stop, self.line_start = pos, at_line_start
+                return
+            if eol < pos:  # a long line holds many units (Firehose): find its end once
+                eol = _line_end(data, pos)
+            open_line = eol == n and not self.final  # the line goes on past the window
+            if at_line_start and not open_line:
+                try:
+                    value = orjson.loads(view[pos:eol])
+                except orjson.JSONDecodeError:
+                    pass
+                else:
+                    yield (self._too_large(pos, eol) if self._big(pos, eol)
+                           else (base + pos, view[pos:eol], value, None))
+                    prev_end, pos = eol, eol + 1
+                    continue
+            end, value = _concatenated(view, data, pos, eol, memo)
+            if end is not None:
+                yield (self._too_large(pos, end) if self._big(pos, end)
+                       else (base + pos, view[pos:end], value, None))
+                prev_end = pos = end
+                continue
+            if open_line:  # no unit ends within the window on this line
+                self.stop, self.line_start, self.skip = pos, at_line_start, "line"
+                return
+            if data[pos:pos + 1] not in (b"{", b"["):  # no JSON container starts here
+                stop = eol
+                yield (self._too_large(pos, stop) if self._big(pos, stop)
+                       else (base + pos, data[pos:eol].rstrip(b"\r"), None, "not JSON"))
+                prev_end, pos = eol, eol + 1
+                continue
+            if text is None:
+                text = data.decode("latin-1")
+            try:
+                end = _DECODER.raw_decode(text, pos)[1]
+            except (ValueError, RecursionError) as e:
+                error_pos = getattr(e, "pos", eol)
+                if not self.final and error_pos >= n - 1:  # ran off the window
+                    self.stop, self.line_start, self.skip = pos, at_line_start, "source"
+                    return
+                stop = eol if _next_line_parses(data, eol) else max(eol, _line_end(data,
+                                                                                   error_pos))
+                if not self.final and stop >= n:
+                    self.stop, self.line_start, self.skip = pos, at_line_start, "source"
+                    return
+                yield (self._too_large(pos, stop) if self._big(pos, stop) else
+                       (base + pos, data[pos:stop].rstrip(b"\r"), None,
+                        f"{type(e).__name__}: {e}"[:500]))
+                prev_end, pos = stop, stop + 1
+                continue
+            if self._big(pos, end):
+                yield self._too_large(pos, end)
+            else:
+                try:
+                    value = orjson.loads(view[pos:end])
+                except orjson.JSONDecodeError as e:  # e.g. invalid UTF-8 inside a string
+                    yield base + pos, data[pos:end], None, str(e)
+                else:
+                    yield base + pos, view[pos:end], value, None
+            prev_end = pos = end
+
+
+def _concatenated(view: memoryview, data: bytes, pos: int, eol: int,
+                  memo: dict) -> tuple[int | None, Any]:
+    """End and value of the object at ``pos`` when another follows with no delimiter.
+
+    Firehose writes records back to back (``}{``): try the candidate boundaries in this
+    line, each parse costing only the object's length. ``(None, None)`` when no candidate
+    works (the caller then scans with a full JSON scanner). ``memo`` keeps the last search
+    so that a long line is searched once, not once per object.
+    """
+    search = pos
+    for _ in range(_MAX_BOUNDARY_TRIES):
+        if memo.get("eol") == eol and memo["from"] <= search and (
+                memo["at"] < 0 or memo["at"] >= search):
+            boundary = memo["at"]
+        else:
+            boundary = data.find(b"}{", search, eol)
+            memo.update(eol=eol, at=boundary)
+            memo["from"] = search
+        if boundary < 0:
+            break
+        try:
+            return boundary + 1, orjson.loads(view[pos:boundary + 1])
+        except orjson.JSONDecodeError:
+            search = boundary + 1
+    return None, None
+
+
+def _line_end(data: bytes, pos: int) -> int:
+    eol = data.find(b"\n", pos)
+    return len(data) if eol < 0 else eol
+
+
+def _next_line_parses(data: bytes, eol: int) -> bool:
+    start = _SPACE.match(data, eol).end()
+    if start >= len(data):
+        return False
+    try:
+        orjson.loads(memoryview(data)[start:_line_end(data, start)])
+        return True
+    except orjson.JSONDecodeError:
+        return False
