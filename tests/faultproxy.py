@@ -48,6 +48,7 @@ from xml.sax.saxutils import escape
 
 __all__ = [
     "DROP",
+    "CUT_BODY",
     "DROP_AFTER",
     "INTERNAL_ERROR",
     "SLOW_DOWN",
@@ -66,7 +67,8 @@ _HOP_BY_HOP = frozenset({
 
 @dataclasses.dataclass(frozen=True)
 class Fault:
-    """One kind of failure. ``kind``: ``drop``, ``drop_after``, ``error`` or ``delay``."""
+    """One kind of failure. ``kind``: ``drop``, ``drop_after``, ``cut_body``, ``error`` or
+    ``delay``."""
 
     name: str
     kind: str
@@ -78,6 +80,8 @@ class Fault:
 
 DROP = Fault("drop", "drop")
 DROP_AFTER = Fault("drop_after", "drop_after")
+#: Forward, then send the headers and only half the body before closing the connection.
+CUT_BODY = Fault("cut_body", "cut_body")
 SLOW_DOWN = Fault("slow_down", "error", 503, "SlowDown", "Please reduce your request rate.")
 INTERNAL_ERROR = Fault("internal_error", "error", 500, "InternalError",
                        "We encountered an internal error. Please try again.")
@@ -330,6 +334,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         for name, value in headers:
             self.send_header(name, value)
         self.end_headers()
+        if fault is not None and fault.kind == "cut_body":
+            self.wfile.write(payload[:len(payload) // 2])
+            self._drop()
+            return
         if payload:
             self.wfile.write(payload)
         self.wfile.flush()

@@ -10,7 +10,7 @@ pytest.importorskip("moto.server")
 from sesbeam.generate import generate_archive  # noqa: E402
 from sesbeam.pipeline.batch import run_batch  # noqa: E402
 from tests.conftest import local_aws  # noqa: E402
-from tests.faultproxy import DROP, INTERNAL_ERROR, SLOW_DOWN, FaultProxy  # noqa: E402
+from tests.faultproxy import CUT_BODY, DROP, INTERNAL_ERROR, SLOW_DOWN, FaultProxy  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -52,12 +52,17 @@ def test_transient_errors_do_not_change_the_result(moto, monkeypatch):
     with FaultProxy(url, seed=99) as proxy:
         for fault in (SLOW_DOWN, INTERNAL_ERROR, DROP):
             proxy.add_random(fault, 0.04)
+        # Object bodies cut off mid-transfer: the reader asks for the rest with a Range.
+        ranges = []
+        proxy.add_random(CUT_BODY, 0.2, match=lambda r: r.method == "GET" and "/ses/" in r.path
+                         and not ranges.append(r.headers.get("range")))
         monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
         monkeypatch.setenv("AWS_RETRY_MODE", "standard")
         monkeypatch.setenv("AWS_MAX_ATTEMPTS", "10")
         faulty = run_batch(["--input", "s3://archive/ses", "--output", "s3://faulty/out"])
-        injected = proxy.counters()["injected"]
-    assert injected > 0
+        counters = proxy.counters()
+    assert counters["injected"] > 0 and counters["cut_body"] > 0
+    assert any(r and r.startswith("bytes=") and r != "bytes=0-" for r in ranges), ranges
     for key in ("records", "messages", "duplicates", "skipped_reasons", "dead_letter_kinds",
                 "balanced"):
         assert faulty[key] == clean[key], key
