@@ -15,6 +15,8 @@ from sesbeam.pipeline.options import BatchOptions, parse_duration
 from sesbeam.schemas import SCHEMA_VERSION
 from sesbeam.transforms.privacy import PrivacyPolicy, ProtectPersonalData, hash_key_from_env
 from sesbeam.transforms.containers import DEFAULT_MAX_RECORD_BYTES
+from sesbeam.transforms.incremental import DropEarlierMessages, SkipProcessed
+from sesbeam.transforms.write import recover
 from sesbeam.transforms.signatures import CertificateStore
 from sesbeam.transforms import (
     CommitOutput,
@@ -47,21 +49,32 @@ def build_batch(pipeline: beam.Pipeline, inputs: list[str], output: str, *, wind
                 run_id: str, dedupe_buckets: int = 16,
                 certificates: CertificateStore | None = None,
                 privacy: PrivacyPolicy | None = None, fail_on_unreadable: bool = False,
-                max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES):
+                max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES, incremental: bool = False):
     """Add the batch graph to ``pipeline``; returns the PCollection of the run summary.
 
     ``certificates``: verify SNS signatures with this store. ``privacy``: hash or drop
     personal fields after deduplication (statistics work on the protected rows).
+    ``incremental``: skip the objects in OUT's ledger and add to the tables (see
+    ``sesbeam.transforms.incremental``); otherwise the run replaces OUT's tables.
     """
     output = output.rstrip("/")
     staging = f"{output}/_staging/{run_id}"
-    decoded = (pipeline | "ReadArchives" >> ReadArchives(inputs)
-               | DecodeNotifications(certificates, max_record_bytes, fail_on_unreadable))
+    objects = pipeline | "ReadArchives" >> ReadArchives(inputs)
+    extra_tallies = []
+    if incremental:
+        new = objects | "SkipProcessed" >> SkipProcessed(output)
+        objects = new["objects"]
+        extra_tallies.append(new["tallies"])
+    decoded = objects | DecodeNotifications(certificates, max_record_bytes, fail_on_unreadable)
     deduped = decoded["messages"] | DeduplicateMessages(dedupe_buckets)
     messages, dead_letters = deduped["messages"], decoded["dead_letters"]
     if privacy is not None and not privacy.is_noop:
         messages = messages | "ProtectMessages" >> ProtectPersonalData(privacy)
         dead_letters = dead_letters | "ProtectDeadLetters" >> ProtectPersonalData(privacy)
+    if incremental:  # after protection: ids compare in the form the table holds
+        kept = messages | "DropEarlierMessages" >> DropEarlierMessages(output)
+        messages = kept["messages"]
+        extra_tallies.append(kept["tallies"])
     windowed = messages | WindowMessages(window_s)
     tables = {
         "messages": messages,
@@ -71,15 +84,17 @@ def build_batch(pipeline: beam.Pipeline, inputs: list[str], output: str, *, wind
     }
     written = [pcoll | f"Write_{name}" >> WriteTable(staging, name, run_id)
                for name, pcoll in tables.items()]
-    tallies = [decoded["tallies"], deduped["tallies"], *written] | "AllTallies" >> beam.Flatten()
+    tallies = ([decoded["tallies"], deduped["tallies"], *extra_tallies, *written]
+               | "AllTallies" >> beam.Flatten())
     context = {"run_id": run_id, "inputs": list(inputs), "window_seconds": window_s,
+               "mode": "incremental" if incremental else "replace",
                "schema_version": SCHEMA_VERSION, "max_record_bytes": max_record_bytes,
                "sns_signatures_verified": certificates is not None}
     if privacy is not None:
         context["privacy"] = {"local_parts": privacy.local_parts, "subjects": privacy.subjects,
                               "message_ids": privacy.message_ids,
                               "dead_letter_raw": privacy.dead_letter_raw}
-    return tallies | CommitOutput(output, staging, **context)
+    return tallies | CommitOutput(output, staging, replace=not incremental, **context)
 
 
 def security_from_options(opts) -> tuple[CertificateStore | None, PrivacyPolicy | None]:
@@ -137,12 +152,15 @@ def run_batch(argv: list[str] | None = None) -> dict:
         standard.runner = DEFAULT_LOCAL_RUNNER
     run_id = batch.run_id or new_run_id()
     certificates, privacy = security_from_options(batch)
+    dry_run = options.view_as(TestOptions).dry_run
+    if not dry_run:
+        recover(batch.output)  # finish a commit a crash interrupted; drop abandoned staging
     with beam.Pipeline(options=options) as pipeline:
         build_batch(pipeline, batch.input, batch.output, window_s=window_s, run_id=run_id,
                     dedupe_buckets=batch.dedupe_buckets, certificates=certificates,
                     privacy=privacy, fail_on_unreadable=batch.fail_on_unreadable,
-                    max_record_bytes=batch.max_record_bytes)
-    if options.view_as(TestOptions).dry_run:
+                    max_record_bytes=batch.max_record_bytes, incremental=batch.incremental)
+    if dry_run:
         return {}
     summary = read_summary(batch.output)
     if summary.get("run_id") != run_id:

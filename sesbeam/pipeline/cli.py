@@ -207,8 +207,9 @@ def _demo(argv: list[str]) -> int:
 
 
 def _report(argv: list[str]) -> int:
-    from sesbeam.pipeline.report import (html_report, read_output_summary, read_table,
-                                         text_report, write_html_report)
+    from sesbeam.pipeline.report import (html_report, output_is_committing,
+                                         read_output_summary, read_table, text_report,
+                                         write_html_report)
 
     parser = argparse.ArgumentParser(
         prog="sesbeam report",
@@ -226,6 +227,11 @@ def _report(argv: list[str]) -> int:
                         help="Sender domains in the top lists (default 15).")
     args = parser.parse_args(argv)
     out = args.output.rstrip("/")
+    if output_is_committing(out):
+        print(f"sesbeam report: {out} is incomplete: a run's commit is under way or was "
+              "interrupted (_commit.json); the next `sesbeam batch` on it finishes it",
+              file=sys.stderr)
+        return 3
     if read_output_summary(out) is None and not read_table(out, "verdict_stats",
                                                            ["verdict"]).num_rows:
         print(f"sesbeam report: no sesbeam output in {out} (no summary.json, no tables)",

@@ -50,6 +50,12 @@ class BatchOptions(PipelineOptions):
             help="Fail the run when an archive object cannot be read (default: record it as "
                  "an unreadable_source dead letter, go on, and exit with code 4).")
         parser.add_argument(
+            "--incremental", action="store_true",
+            help="Process only the archive objects that no earlier run on this output "
+                 "recorded in OUT/_ledger/, count messages already in OUT's tables as "
+                 "duplicates, and add this run's files to the tables instead of replacing "
+                 "them (for scheduled runs over a growing prefix).")
+        parser.add_argument(
             "--max_record_bytes", "--max-record-bytes", type=int,
             default=DEFAULT_MAX_RECORD_BYTES,
             help="Largest top-level JSON value (an NDJSON line, a document, a JSON array) "

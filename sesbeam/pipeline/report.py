@@ -15,8 +15,8 @@ import pyarrow.parquet as pq
 
 from sesbeam.schemas import TABLES, VERDICTS
 
-__all__ = ["html_report", "read_output_summary", "read_table", "text_report",
-           "write_html_report"]
+__all__ = ["html_report", "output_is_committing", "read_output_summary", "read_table",
+           "text_report", "write_html_report"]
 
 
 def _storage():
@@ -52,6 +52,14 @@ def _read_parquet(storage, path: str, columns: list[str]) -> pa.Table:
             return pq.ParquetFile(f).read(columns=columns)  # only the columns' pages
         data = f.read()
     return pq.read_table(pa.BufferReader(data), columns=columns)
+
+
+def output_is_committing(output: str, storage=None) -> bool:
+    """True while a run's commit is under way, or after it was interrupted: the tables may
+    then hold a mix of two runs (see ``sesbeam.transforms.write``)."""
+    from sesbeam.transforms.write import COMMIT_MARKER
+
+    return (storage or _storage()).exists(f"{output.rstrip('/')}/{COMMIT_MARKER}")
 
 
 def read_output_summary(output: str, storage=None) -> dict | None:

@@ -591,6 +591,10 @@ class _DecodeDoFn(beam.DoFn):
                 yield beam.pvalue.TaggedOutput(DecodeNotifications.DEAD_LETTERS, value)
             else:
                 note_source(value["bytes"], value["records"])
+                if isinstance(source, ArchiveObject) and \
+                        "unreadable_source" not in value["dead_letters"]:
+                    # Read to its end: the run's ledger records it (see ``incremental``).
+                    value["objects"] = [[source.uri, value["bytes"], source.mtime_ms]]
                 yield beam.pvalue.TaggedOutput(DecodeNotifications.TALLIES, value)
 
     def _open(self, uri: str):

@@ -3,10 +3,20 @@
 ``WriteTable`` writes one table into a run's staging directory
 (``OUT/_staging/<run_id>/<table>/date=YYYY-MM-DD/part-NNNNN-<run_id>.parquet``, zstd, the
 schema version in the key-value metadata) and emits one record per file. ``CommitOutput``
-runs once after every file is written: it moves the staged files into ``OUT/<table>/``,
-deletes the files of earlier runs from those tables (a rerun replaces, never appends),
-writes ``OUT/summary.json`` last, and removes the staging directory. Everything goes
-through Beam's ``FileSystems``, so ``OUT`` may be local or ``s3://``.
+runs once after every file is written. The commit is a roll-forward protocol:
+
+1. ``OUT/_commit.json`` is written (one object: the run's files and its summary); from
+   then on the commit will be finished, by this run or by the next one (``recover``);
+2. ``OUT/summary.json``, the marker of a complete output, is deleted;
+3. the staged files move into ``OUT/<table>/`` (and ``OUT/_ledger/``); in replace mode the
+   files of earlier runs are deleted (a rerun replaces, never appends);
+4. ``OUT/summary.json`` is written, listing every file of the run; then the staging
+   directory and ``OUT/_commit.json`` are removed.
+
+So a crash before step 1 leaves the previous output complete and untouched; a crash after
+it leaves an output without ``summary.json`` (and with ``_commit.json``), which readers
+must not take for complete and which the next run finishes first. Everything goes through
+``Storage``, so ``OUT`` may be local or ``s3://``.
 """
 
 from __future__ import annotations
@@ -26,7 +36,8 @@ from sesbeam.transforms._arrow import MS_PER_DAY, epoch_ms, partition
 from sesbeam.transforms._storage import Storage, is_remote
 from sesbeam.transforms.summary import build_summary, merge_tallies
 
-__all__ = ["CommitOutput", "WriteTable", "write_parquet"]
+__all__ = ["COMMIT_MARKER", "LEDGER_DIR", "CommitOutput", "WriteTable", "finish_commit",
+           "recover", "write_parquet"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -34,6 +45,11 @@ _LOG = logging.getLogger(__name__)
 ROWS_PER_FILE = 1_000_000
 #: Rows per Parquet row group: big enough for good compression and zone maps.
 ROWS_PER_GROUP = 128 * 1024
+#: A commit under way (or interrupted): ``OUT/_commit.json``.
+COMMIT_MARKER = "_commit.json"
+#: Objects processed by each run: ``OUT/_ledger/<run_id>.jsonl`` (see ``incremental``).
+LEDGER_DIR = "_ledger"
+STAGING_DIR = "_staging"
 _EPOCH_DAY = date(1970, 1, 1)
 _NO_PARTITION = -(2**62)
 
@@ -109,52 +125,116 @@ class WriteTable(beam.PTransform):
         )
 
 
+def _existing(storage: Storage, folder: str) -> list[str]:
+    if not is_remote(folder) and not storage.exists(folder):
+        return []
+    return [path for path, _, _ in storage.list(folder + "/**")]
+
+
+def _write_json(storage: Storage, path: str, doc: dict) -> None:
+    with storage.create(path, "application/json") as f:
+        f.write(json.dumps(doc, indent=2).encode() + b"\n")
+
+
+def finish_commit(output: str, intent: dict, storage: Storage | None = None) -> dict:
+    """Steps 3-4 of the commit described by ``intent``; safe to repeat after a crash."""
+    storage = storage or Storage()
+    output, staging = output.rstrip("/"), intent["staging"]
+    staged = set(_existing(storage, staging))
+    keep = set()
+    for relative in intent["files"]:
+        src, dst = f"{staging}/{relative}", f"{output}/{relative}"
+        keep.add(dst)
+        if src in staged:  # absent when an earlier attempt already moved it
+            storage.rename(src, dst)
+    if intent.get("replace", True):
+        for folder in [*TABLES, LEDGER_DIR]:
+            storage.delete([p for p in _existing(storage, f"{output}/{folder}")
+                            if p not in keep])
+    summary = {**intent["summary"], "files": sorted(intent["files"])}
+    _write_json(storage, f"{output}/summary.json", summary)
+    storage.delete(_existing(storage, staging))
+    if not is_remote(staging):
+        _remove_empty_dirs(storage, staging, f"{output}/{STAGING_DIR}")
+    storage.delete([f"{output}/{COMMIT_MARKER}"])
+    return summary
+
+
+def recover(output: str, storage: Storage | None = None) -> str | None:
+    """Before a run: finish a commit that a crash interrupted and remove the staging
+    directories of runs that died before committing. Returns the run id of the commit
+    finished, if any. One run at a time may write to an output."""
+    storage = storage or Storage()
+    output = output.rstrip("/")
+    marker = f"{output}/{COMMIT_MARKER}"
+    finished = None
+    if storage.exists(marker):
+        with storage.open(marker) as f:
+            intent = json.loads(f.read())
+        _LOG.warning("finishing the interrupted commit of run %s in %s", intent["run_id"],
+                     output)
+        finish_commit(output, intent, storage)
+        finished = intent["run_id"]
+    staging = f"{output}/{STAGING_DIR}"
+    abandoned = _existing(storage, staging)
+    if abandoned:
+        _LOG.warning("removing %d staged files of runs that did not commit", len(abandoned))
+        storage.delete(abandoned)
+    if not is_remote(staging) and storage.exists(staging):
+        storage.delete([staging])
+    return finished
+
+
+def _remove_empty_dirs(storage: Storage, *folders: str) -> None:
+    """Local outputs: remove the run's staging directory, then its parent once empty."""
+    for folder in folders:
+        if storage.exists(folder) and not _existing(storage, folder):
+            storage.delete([folder])
+
+
 class _CommitDoFn(beam.DoFn):
-    def __init__(self, output: str, staging: str, context: dict):
+    def __init__(self, output: str, staging: str, replace: bool, context: dict):
         self._output = output
         self._staging = staging
+        self._replace = replace
         self._context = context
 
     def setup(self):
         self._storage = Storage()
 
-    def _existing(self, folder: str) -> list[str]:
-        if not is_remote(folder) and not self._storage.exists(folder):
-            return []
-        return [path for path, _, _ in self._storage.list(folder + "/**")]
-
     def process(self, tally: dict):
+        from sesbeam.transforms.incremental import ledger_lines
+
         tally = dict(tally)
         files = tally.pop("files", [])
-        staged = set(self._existing(self._staging))
-        keep = set()
-        for relative in sorted(files):
-            src, dst = f"{self._staging}/{relative}", f"{self._output}/{relative}"
-            keep.add(dst)
-            if src in staged:  # absent when a retried commit already moved it
-                self._storage.rename(src, dst)
-        for table in TABLES:
-            self._storage.delete(
-                [p for p in self._existing(f"{self._output}/{table}") if p not in keep])
+        objects = tally.pop("objects", [])
+        ledger = f"{LEDGER_DIR}/{self._context.get('run_id')}.jsonl"
+        with self._storage.create(f"{self._staging}/{ledger}", "application/x-ndjson") as f:
+            f.write(ledger_lines(objects))
+        files = sorted([*files, ledger])
         summary = build_summary(tally, output=self._output, **self._context)
-        with self._storage.create(f"{self._output}/summary.json", "application/json") as f:
-            f.write(json.dumps(summary, indent=2).encode() + b"\n")
-        self._storage.delete(self._existing(self._staging))
-        if not is_remote(self._staging) and self._storage.exists(self._staging):
-            self._storage.delete([self._staging])
-        yield summary
+        summary["ledger"] = {"objects_recorded": len(objects), "already_processed": 0,
+                             "earlier_run_duplicates": 0, **tally.get("ledger", {})}
+        intent = {"run_id": self._context.get("run_id"), "staging": self._staging,
+                  "replace": self._replace, "files": files, "summary": summary}
+        _write_json(self._storage, f"{self._output}/{COMMIT_MARKER}", intent)
+        self._storage.delete([p for p in [f"{self._output}/summary.json"]
+                              if self._storage.exists(p)])
+        yield finish_commit(self._output, intent, self._storage)
 
 
 class CommitOutput(beam.PTransform):
     """Tallies of the whole run -> files moved into place, ``summary.json`` written.
 
-    Emits the summary dict (one element) once the output is committed.
+    Emits the summary dict (one element) once the output is committed. ``replace``: the
+    run's files replace every earlier file (else they are added: incremental runs).
     """
 
-    def __init__(self, output: str, staging: str, **context):
+    def __init__(self, output: str, staging: str, replace: bool = True, **context):
         super().__init__()
         self._output = output.rstrip("/")
         self._staging = staging.rstrip("/")
+        self._replace = replace
         self._context = context
 
     def expand(self, tallies):
@@ -162,5 +242,6 @@ class CommitOutput(beam.PTransform):
             tallies
             | "GlobalWindow" >> beam.WindowInto(beam_window.GlobalWindows())
             | "MergeTallies" >> beam.CombineGlobally(merge_tallies)
-            | "Commit" >> beam.ParDo(_CommitDoFn(self._output, self._staging, self._context))
+            | "Commit" >> beam.ParDo(_CommitDoFn(self._output, self._staging, self._replace,
+                                                 self._context))
         )
