@@ -48,6 +48,11 @@ def format_summary(summary: dict, seconds: float | None = None) -> str:
          + "".join(f"\n{'':22}{k}: {v:,}" for k, v in summary["dead_letter_kinds"].items())),
         ("accounting", "balanced" if summary["balanced"] else "NOT BALANCED"),
     ]
+    if summary.get("mode") == "incremental":
+        ledger = summary.get("ledger", {})
+        rows.insert(0, ("incremental", f"{ledger.get('already_processed', 0):,} objects read "
+                        f"by earlier runs skipped; {ledger.get('earlier_run_duplicates', 0):,} "
+                        "duplicates of earlier runs' messages"))
     for name, info in summary.get("tables", {}).items():
         rows.append((f"table {name}", f"{info['rows']:,} rows in {info['files']:,} files"))
     if seconds is not None:
