@@ -203,3 +203,29 @@ def test_a_record_over_max_record_bytes_is_a_too_large_dead_letter(tmp_path):
     assert big["kind"] == "too_large" and big["raw"] == lines[1]
     assert big["offset"] == len(lines[0]) + 1
     assert f"a record of {len(lines[1])} bytes exceeds the limit of 2000 bytes" in big["detail"]
+
+
+def test_big_partitions_are_written_in_sorted_row_groups_and_rolled_files(tmp_path,
+                                                                           monkeypatch):
+    """With tiny limits a day's rows span several files of several row groups, each row
+    group sorted by time, and nothing is lost."""
+    from sesbeam.transforms import write
+
+    monkeypatch.setattr(write, "ROWS_PER_GROUP", 50)
+    monkeypatch.setattr(write, "ROWS_PER_FILE", 120)
+    archive = tmp_path / "archive"
+    manifest = generate_archive(str(archive), events=600, seed=4, days=1)
+    out = tmp_path / "out"
+    summary = run_batch(["--input", str(archive), "--output", str(out)])
+    assert summary["messages"] == manifest["messages"] and summary["balanced"]
+    files = sorted((out / "messages").rglob("*.parquet"))
+    assert summary["tables"]["messages"]["files"] == len(files) >= 5
+    rows = 0
+    for path in files:
+        meta = pq.ParquetFile(path).metadata
+        assert meta.num_rows <= 120
+        rows += meta.num_rows
+        for g in range(meta.num_row_groups):
+            times = pq.ParquetFile(path).read_row_group(g, columns=["event_time"]).column(0)
+            assert times.to_pylist() == sorted(times.to_pylist())
+    assert rows == manifest["messages"]

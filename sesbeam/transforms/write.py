@@ -87,21 +87,69 @@ class _WriteDoFn(beam.DoFn):
         self._storage = Storage()
 
     def process(self, element):
+        """Write one day's rows in sorted row groups of ``ROWS_PER_GROUP``, rolling files
+        at ``ROWS_PER_FILE``: memory stays bounded whatever the day's size."""
         day, parts = element
-        table = pa.concat_tables([pa.table(p) if isinstance(p, pa.RecordBatch) else p
-                                  for p in parts])
-        column = TABLES[self._table][1]
-        if column is not None:
-            table = table.take(pc.sort_indices(table, sort_keys=[(column, "ascending")]))
         folder = self._table
         if day != _NO_PARTITION:
             folder = f"{folder}/{PARTITION_COLUMN}={day_name(day)}"
-        for i, start in enumerate(range(0, table.num_rows, ROWS_PER_FILE)):
-            relative = f"{folder}/part-{i:05d}-{self._run_id}.parquet"
-            rows = min(ROWS_PER_FILE, table.num_rows - start)
-            write_parquet(table.slice(start, rows), f"{self._staging}/{relative}", self._table,
-                          self._storage)
-            yield {"files": [relative], "tables": {self._table: {"files": 1, "rows": rows}}}
+        files = _FileRoller(self._storage, self._staging, folder, self._table, self._run_id)
+        pending: list[pa.Table] = []
+        rows = 0
+        for part in parts:
+            table = pa.table(part) if isinstance(part, pa.RecordBatch) else part
+            pending.append(table)
+            rows += table.num_rows
+            while rows >= ROWS_PER_GROUP:
+                group = pa.concat_tables(pending)
+                yield from files.write(group.slice(0, ROWS_PER_GROUP))
+                rest = group.slice(ROWS_PER_GROUP)
+                pending, rows = [rest], rest.num_rows
+        if rows:
+            yield from files.write(pa.concat_tables(pending))
+        yield from files.close()
+
+
+class _FileRoller:
+    """Parquet files ``part-NNNNN-<run_id>`` of one folder, each up to ``ROWS_PER_FILE``
+    rows, written one sorted row group at a time."""
+
+    def __init__(self, storage: Storage, staging: str, folder: str, table: str, run_id: str):
+        self._storage, self._staging, self._folder = storage, staging, folder
+        self._table, self._run_id = table, run_id
+        schema = TABLES[table][0]
+        self._schema = schema.with_metadata({**(schema.metadata or {}),
+                                             **parquet_metadata(table)})
+        self._sort = TABLES[table][1]
+        self._index, self._rows = 0, 0
+        self._file = self._writer = self._relative = None
+
+    def write(self, group: pa.Table):
+        if self._sort is not None:
+            group = group.take(pc.sort_indices(group, sort_keys=[(self._sort, "ascending")]))
+        group = group.select(self._schema.names).cast(self._schema)
+        while group.num_rows:
+            if self._writer is None:
+                self._relative = f"{self._folder}/part-{self._index:05d}-{self._run_id}.parquet"
+                self._file = self._storage.create(f"{self._staging}/{self._relative}",
+                                                  mime_type="application/vnd.apache.parquet")
+                self._writer = pq.ParquetWriter(self._file, self._schema, compression="zstd")
+            room = ROWS_PER_FILE - self._rows
+            self._writer.write_table(group.slice(0, room), row_group_size=ROWS_PER_GROUP)
+            self._rows += min(room, group.num_rows)
+            group = group.slice(room)
+            if self._rows >= ROWS_PER_FILE:
+                yield from self.close()
+
+    def close(self):
+        if self._writer is None:
+            return
+        self._writer.close()
+        self._file.close()
+        yield {"files": [self._relative],
+               "tables": {self._table: {"files": 1, "rows": self._rows}}}
+        self._index, self._rows = self._index + 1, 0
+        self._file = self._writer = self._relative = None
 
 
 class WriteTable(beam.PTransform):
