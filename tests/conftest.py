@@ -23,6 +23,16 @@ def public_fixtures() -> Path:
     return PUBLIC_FIXTURES
 
 
+def reset_moto(server) -> None:
+    """Empty moto's backends: they live in the process, shared by every server started in
+    it, so a module's buckets and queues would otherwise show up in the next module's."""
+    import urllib.request
+
+    host, port = server.get_host_and_port()
+    urllib.request.urlopen(urllib.request.Request(f"http://{host}:{port}/moto-api/reset",
+                                                  method="POST"), timeout=10).read()
+
+
 @contextlib.contextmanager
 def local_aws():
     """A moto server on a free 127.0.0.1 port, and an AWS environment pointing at it.
@@ -33,6 +43,7 @@ def local_aws():
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
+    reset_moto(server)
     mp = pytest.MonkeyPatch()
     try:
         for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3",

@@ -34,6 +34,7 @@ moto_server = pytest.importorskip("moto.server")
 from reference import VERDICTS, reference_stats, sender_stats_of  # noqa: E402
 from sesbeam.generate import generate_archive  # noqa: E402
 from sesbeam.pipeline.batch import run_batch  # noqa: E402
+from tests.conftest import reset_moto  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -70,6 +71,7 @@ def s3(tmp_path_factory):
         mp.setenv("AWS_CONFIG_FILE", str(empty))
         mp.setenv("AWS_SHARED_CREDENTIALS_FILE", str(empty))
 
+        reset_moto(server)
         client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
         client.create_bucket(Bucket=ARCHIVE_BUCKET)
         client.create_bucket(Bucket=RESULTS_BUCKET)
