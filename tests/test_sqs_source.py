@@ -543,11 +543,13 @@ def test_reader_emits_event_timestamped_messages_and_deletes_only_on_finalizatio
     outputs = [o for b in bundles for o in b["outputs"]]
     assert {o.value.message_id: o.timestamp.micros // 1000 for o in outputs} == expected
     assert all(isinstance(o.value, SqsMessage) and o.value.queue_url == "q" for o in outputs)
-    # Bundle 1: three polls with messages and an empty one (3 s, the idle timeout left);
-    # bundle 2 finds the reader idle long enough and ends its restriction.
-    assert len(bundles) == 2 and bundles[1]["outputs"] == [] and bundles[1]["resume"] is None
-    assert [r["count"] for r in fake.receives] == [10, 10, 10, 10]
-    assert [r["wait"] for r in fake.receives] == [3, 3, 3, 3]
+    # Bundle 1: three polls with messages and an empty one (1 s, DRAIN_WAIT_S); bundles 2
+    # and 3 poll once more each; bundle 4 finds the reader idle long enough (3 s) and ends
+    # its restriction.
+    assert len(bundles) == 4 and all(b["outputs"] == [] for b in bundles[1:])
+    assert bundles[3]["resume"] is None
+    assert [r["count"] for r in fake.receives] == [10] * 6
+    assert [r["wait"] for r in fake.receives] == [1] * 6
     assert {r["visibility"] for r in fake.receives} == {120}
     assert fake.receives[0]["MessageSystemAttributeNames"] == ["SentTimestamp"]
     first = bundles[0]

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from typing import NamedTuple
 
 import pytest
 
@@ -24,6 +25,7 @@ boto3 = pytest.importorskip("boto3")
 pytest.importorskip("moto.server")
 
 import pyarrow.dataset as ds  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
 
 from sesbeam.pipeline.cli import main  # noqa: E402
 from tests.conftest import REPO, local_aws  # noqa: E402
@@ -147,47 +149,54 @@ def assert_same_as_batch(s: dict, b: dict, stream_out, batch_out, sent: int) -> 
     assert not glob.glob(str(stream_out / "_journal" / "**" / "*.*"), recursive=True)
 
 
+class ServerSide(NamedTuple):
+    lose: list       # [n]: lose the first n deletes
+    lost: list       # SQS message ids whose delete was lost
+    receipts: Counter  # receipts per SQS message id
+    deleted: list    # [messages deleted]
+
+
 @pytest.fixture
 def server_side(monkeypatch):
     """Loses the first ``lose[0]`` deletes (acknowledged, not done: the messages are visible
-    again at once, an SQS redelivery) and counts receipts per SQS message id."""
+    again at once, an SQS redelivery), counts receipts per SQS message id and deletes."""
     import moto.sqs.models as models
 
-    lose = [0]
-    lost: list[str] = []
-    receipts: Counter = Counter()
+    side = ServerSide([0], [], Counter(), [0])
     delete = models.Queue.delete_message
     receive = models.SQSBackend.receive_message
 
     def delete_message(self, receipt_handle):
-        if len(lost) < lose[0]:
+        if len(side.lost) < side.lose[0]:
             for m in self._messages:
-                if m.had_receipt_handle(receipt_handle) and m.id not in lost:
-                    lost.append(m.id)
+                if m.had_receipt_handle(receipt_handle) and m.id not in side.lost:
+                    side.lost.append(m.id)
                     m.change_visibility(0)
                     return
-        return delete(self, receipt_handle)
+        before = len(self._messages)
+        delete(self, receipt_handle)
+        side.deleted[0] += before - len(self._messages)
 
     def receive_message(self, *args, **kwargs):
         received = receive(self, *args, **kwargs)
-        receipts.update(m.id for m in received)
+        side.receipts.update(m.id for m in received)
         return received
 
     monkeypatch.setattr(models.Queue, "delete_message", delete_message)
     monkeypatch.setattr(models.SQSBackend, "receive_message", receive_message)
-    return lose, lost, receipts
+    return side
 
 
 def test_stream_equals_batch_and_empties_the_queues(sqs, server_side, tmp_path):
-    lose, lost, receipts = server_side
     messages = bodies(2400)
     urls, _ = send(sqs, "e2e", messages)
-    lose[0] = 20
+    server_side.lose[0] = 20
 
     started = time.monotonic()
     s = run_stream(tmp_path / "stream", urls, "--idle-timeout", "6", "--visibility-timeout", "3")
     seconds = time.monotonic() - started
     b, batch_out = run_batch(messages, tmp_path)
+    lost, receipts = server_side.lost, server_side.receipts
     assert len(lost) == 20
     assert {i for i, n in receipts.items() if n > 1} >= set(lost)  # redelivered, read again
     assert_same_as_batch(s, b, tmp_path / "stream", batch_out, len(messages))
@@ -197,27 +206,43 @@ def test_stream_equals_batch_and_empties_the_queues(sqs, server_side, tmp_path):
           f"({len(messages) / seconds:.0f} messages/s, process start and 6 s idle included)")
 
 
-def test_killed_run_is_recovered_by_the_next_one(sqs, tmp_path):
+def journaled(out) -> tuple[int, int]:
+    """Complete journal files and the messages in them."""
+    files = rows = 0
+    for path in glob.glob(str(out / "_journal" / "*.parquet")):
+        try:
+            rows += pq.ParquetFile(path).metadata.num_rows
+            files += 1
+        except Exception:  # noqa: BLE001 - being written
+            pass
+    return files, rows
+
+
+@pytest.mark.parametrize("when", ["while-deleting", "after-deleting"])
+def test_killed_run_is_recovered_by_the_next_one(sqs, server_side, tmp_path, when):
+    """Killed while the journaled messages of the first bundle are being deleted from SQS,
+    or once they all are and the next ones are in flight (more messages than one bundle
+    takes: two readers, ``ROUND_MAX_MESSAGES`` each)."""
     messages = bodies(2000, seed=7)
-    urls, _ = send(sqs, "kill", messages)
+    urls, _ = send(sqs, f"kill-{when}", messages)
     out = tmp_path / "stream"
     options = ("--idle-timeout", "4", "--visibility-timeout", "4", "--readers-per-queue", "1")
     process = subprocess.Popen(stream_command(out, urls, *options), env=stream_env(),
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         # Kill once messages were journaled and deleted from SQS (nothing is committed
-        # before the end) and the next ones are in flight.
+        # before the end) while others are in flight (received, not deleted).
         deadline = time.monotonic() + 120
-        journaled = []
         while time.monotonic() < deadline and process.poll() is None:
-            journaled = glob.glob(str(out / "_journal" / "*.parquet"))
-            if journaled:
-                depths = [depth(sqs, url) for url in urls]
-                if sum(map(sum, depths)) < len(messages) and any(d[1] for d in depths):
-                    break
-            time.sleep(0.05)
+            files, rows = journaled(out)
+            deleted, received = server_side.deleted[0], len(server_side.receipts)
+            if when == "while-deleting" and 0 < deleted < rows:
+                break
+            if when == "after-deleting" and 0 < rows <= deleted < received:
+                break
+            time.sleep(0.02)
         assert process.poll() is None, "the run ended before it could be killed"
-        assert journaled
+        assert files
         process.send_signal(signal.SIGKILL)
         process.wait(30)
     finally:
@@ -226,8 +251,9 @@ def test_killed_run_is_recovered_by_the_next_one(sqs, tmp_path):
             process.wait(30)
         process.stderr.close()
     assert not (out / "summary.json").exists()
-    left = sum(sum(depth(sqs, url)) for url in urls)
-    assert 0 < left < len(messages)
+    left = len(messages) - server_side.deleted[0]
+    in_flight = len(server_side.receipts) - server_side.deleted[0]
+    assert 0 < left < len(messages) and in_flight > 0
     deadline = time.monotonic() + 30  # the in-flight messages come back
     while any(depth(sqs, url)[1] for url in urls) and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -239,6 +265,6 @@ def test_killed_run_is_recovered_by_the_next_one(sqs, tmp_path):
     assert_same_as_batch(s, b, out, batch_out, len(messages))
     for url in urls:
         assert depth(sqs, url) == (0, 0)
-    print(f"\nkilled with {len(journaled)} journal files and {left} of {len(messages)} messages "
-          f"in SQS; the next run recovered {s['recovered_messages']} and dropped "
-          f"{s['redeliveries_dropped']} redeliveries")
+    print(f"\nkilled with {files} journal files, {left} of {len(messages)} messages "
+          f"in SQS ({in_flight} in flight); the next run recovered {s['recovered_messages']} "
+          f"and dropped {s['redeliveries_dropped']} redeliveries")
