@@ -111,7 +111,9 @@ def test_recovered_messages_count_once_with_their_redeliveries(tmp_path):
     5-14 from SQS and the journal again; 5-9 are redeliveries."""
     out = str(tmp_path / "out")
     write_journal(Storage(), journal_path(out, "crashed"), entries(range(10)))
+    write_journal(Storage(), journal_path(out, "crashed"), entries(range(3)))  # a retried bundle
     recovery = recover(out)
+    assert len(recovery.files) == 2 and sum(map(len, recovery.repeated.values())) == 3
     live = [message(f"mail-{n}", f"2024-03-01T10:{n:02d}:00", n, raw=n % 2 == 0)
             for n in range(5, 15)]
     with beam.Pipeline(runner=FnApiRunner(),

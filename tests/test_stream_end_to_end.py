@@ -130,7 +130,8 @@ def message_ids(out) -> list[str]:
 
 def depth(sqs, url: str) -> tuple[int, int]:
     attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
-    return int(attrs["ApproximateNumberOfMessages"]), int(attrs["ApproximateNumberOfMessagesNotVisible"])
+    return (int(attrs["ApproximateNumberOfMessages"]),
+            int(attrs["ApproximateNumberOfMessagesNotVisible"]))
 
 
 def assert_same_as_batch(s: dict, b: dict, stream_out, batch_out, sent: int) -> None:

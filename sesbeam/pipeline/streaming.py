@@ -15,9 +15,15 @@ the same ``ComputeVerdictStats``/``ComputeSenderStats`` combiners. Per window:
 - data later than the allowed lateness is dropped by the windowing; a drain-mode run counts
   it in ``summary.json`` as ``late_dropped``.
 
-Files are written per pane straight into the tables (``part-w<window>-p<pane>-<id>``), so a
+Messages travel as one RecordBatch per bundle (``DecodeQueueMessages``) and are
+deduplicated a batch at a time (``KeepFirstNotification``: the ids seen per bucket and
+window in Beam state).
+
+Files are named per run, table, day, window and pane (``part-w<window>-p<pane>-<run_id>``),
+so a retried pane replaces its file. Without a journal they go straight into the tables: a
 reader sees a pane's rows once its file exists. A drain-mode run (``--idle-timeout``)
-ends with ``summary.json``.
+journals the messages it reads, stages its files and commits them with ``summary.json`` at
+the end; the next run recovers an interrupted one (``sesbeam.transforms.journal``).
 """
 
 from __future__ import annotations
@@ -233,7 +239,8 @@ def build_streaming(messages, output: str, *, window_s: int, allowed_lateness_s:
         certificates, journal=output if staged else None, run_id=run_id,
         skip_ids=recovery.message_ids)
     if recovery.files:
-        again = (messages.pipeline | "Recovered" >> ReadJournal(recovery.files)
+        again = (messages.pipeline
+                 | "Recovered" >> ReadJournal(recovery.files, recovery.repeated)
                  | "DecodeRecovered" >> DecodeQueueMessages(certificates, recovered=True))
         decoded = {name: (decoded[name], again[name]) | f"With{name.title()}" >> beam.Flatten()
                    for name in decoded}

@@ -92,6 +92,8 @@ class Recovery(NamedTuple):
     message_ids: frozenset = frozenset()
     #: Runs whose interrupted commit was finished.
     committed: tuple[str, ...] = ()
+    #: Per file, ids already in an earlier file (a runner retried the bundle that wrote it).
+    repeated: dict | None = None
 
 
 def recover(output: str, storage: Storage | None = None) -> Recovery:
@@ -114,7 +116,7 @@ def recover(output: str, storage: Storage | None = None) -> Recovery:
     if stale:
         _LOG.info("deleting %d staged files of runs that did not commit", len(stale))
         storage.delete(stale)
-    files, ids = [], set()
+    files, ids, repeated = [], set(), {}
     for path in _list(storage, f"{folder}/*.parquet", folder):
         try:
             table = read_journal(storage, path, ["message_id"])
@@ -124,11 +126,14 @@ def recover(output: str, storage: Storage | None = None) -> Recovery:
             storage.delete([path])
             continue
         files.append(path)
-        ids.update(table.column("message_id").to_pylist())
+        mine = set(table.column("message_id").to_pylist())
+        if mine & ids:
+            repeated[path] = frozenset(mine & ids)
+        ids.update(mine)
     if files:
         _LOG.warning("recovering %d messages from %d journal files of an interrupted run",
                      len(ids), len(files))
-    return Recovery(tuple(files), frozenset(ids), tuple(committed))
+    return Recovery(tuple(files), frozenset(ids), tuple(committed), repeated)
 
 
 def commit(output: str, run_id: str, files: list[str], journal_files: list[str],
@@ -167,25 +172,33 @@ def _apply(storage: Storage, output: str, plan: dict, manifest: str) -> None:
 
 
 class _ReadJournalDoFn(beam.DoFn):
+    def __init__(self, repeated: dict):
+        self._repeated = repeated
+
     def setup(self):
         self._storage = Storage()
 
     def process(self, path: str):
         table = read_journal(self._storage, path)
+        repeated = self._repeated.get(path, ())
         for row in table.to_pylist():
+            if row["message_id"] in repeated:
+                continue
             message = SqsMessage(row["queue_url"], row["message_id"], row["body"],
                                  row["sent_timestamp_ms"], "")
             yield beam.window.TimestampedValue(message, row["event_time_ms"] / 1000.0)
 
 
 class ReadJournal(beam.PTransform):
-    """Journal files -> the ``SqsMessage`` elements they hold, at their event times."""
+    """Journal files -> the ``SqsMessage`` elements they hold, at their event times, each
+    SQS message once (``repeated``: ids to leave out per file, from ``Recovery``)."""
 
-    def __init__(self, files: Sequence[str]):
+    def __init__(self, files: Sequence[str], repeated: dict | None = None):
         super().__init__()
         self._files = list(files)
+        self._repeated = dict(repeated or {})
 
     def expand(self, pbegin):
         return (pbegin
                 | "JournalFiles" >> beam.Create(self._files)
-                | "ReadJournal" >> beam.ParDo(_ReadJournalDoFn()))
+                | "ReadJournal" >> beam.ParDo(_ReadJournalDoFn(self._repeated)))

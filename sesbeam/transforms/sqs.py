@@ -53,8 +53,8 @@ self-checkpoints are dropped: every reader would stop after its first round). Ca
 ``FnApiRunner`` "committed" means held in the runner's memory; if a later stage of the same
 run fails (a sink after a ``GroupByKey``), the messages already deleted are not read again.
 Where that matters, write the bodies durably in the reading stage itself (a sink fused with
-the read, e.g. one archive object per bundle, written in ``finish_bundle``), which happens
-before the bundle is finalized.
+the read, written in ``finish_bundle``), which happens before the bundle is finalized: the
+streaming pipeline's drain mode does so (``sesbeam.transforms.journal``).
 
 AWS: the clients follow the standard environment (``AWS_ENDPOINT_URL_SQS``,
 ``AWS_ENDPOINT_URL``, ``AWS_DEFAULT_REGION``/``AWS_REGION``, profiles, the credential chain).
