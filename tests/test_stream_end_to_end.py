@@ -219,11 +219,12 @@ def journaled(out) -> tuple[int, int]:
     return files, rows
 
 
-@pytest.mark.parametrize("when", ["while-deleting", "after-deleting"])
+@pytest.mark.parametrize("when", ["while-deleting", "after-deleting", "after-reading"])
 def test_killed_run_is_recovered_by_the_next_one(sqs, server_side, tmp_path, when):
     """Killed while the journaled messages of the first bundle are being deleted from SQS,
-    or once they all are and the next ones are in flight (more messages than one bundle
-    takes: two readers, ``ROUND_MAX_MESSAGES`` each)."""
+    once they all are and the next ones are in flight (more messages than one bundle
+    takes: two readers, ``ROUND_MAX_MESSAGES`` each), or once every message is deleted
+    (only the journal has them) before the run committed."""
     messages = bodies(2000, seed=7)
     urls, _ = send(sqs, f"kill-{when}", messages)
     out = tmp_path / "stream"
@@ -241,6 +242,8 @@ def test_killed_run_is_recovered_by_the_next_one(sqs, server_side, tmp_path, whe
                 break
             if when == "after-deleting" and 0 < rows <= deleted < received:
                 break
+            if when == "after-reading" and deleted == len(messages):
+                break
             time.sleep(0.02)
         assert process.poll() is None, "the run ended before it could be killed"
         assert files
@@ -254,7 +257,10 @@ def test_killed_run_is_recovered_by_the_next_one(sqs, server_side, tmp_path, whe
     assert not (out / "summary.json").exists()
     left = len(messages) - server_side.deleted[0]
     in_flight = len(server_side.receipts) - server_side.deleted[0]
-    assert 0 < left < len(messages) and in_flight > 0
+    if when == "after-reading":
+        assert left == 0 and not list(out.glob("messages/**/*.parquet"))
+    else:
+        assert 0 < left < len(messages) and in_flight > 0
     deadline = time.monotonic() + 30  # the in-flight messages come back
     while any(depth(sqs, url)[1] for url in urls) and time.monotonic() < deadline:
         time.sleep(0.2)
