@@ -18,7 +18,6 @@ import glob
 import hashlib
 import json
 import os
-import threading
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -52,6 +51,7 @@ from sesbeam.transforms.sqs import (
     next_reader_state,
     region_of,
 )
+from tests.conftest import patch_moto_sqs as _patch_moto_sqs
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 BASE = datetime(2024, 3, 1, 8, 0, 0, tzinfo=timezone.utc)
@@ -543,11 +543,13 @@ def test_reader_emits_event_timestamped_messages_and_deletes_only_on_finalizatio
     outputs = [o for b in bundles for o in b["outputs"]]
     assert {o.value.message_id: o.timestamp.micros // 1000 for o in outputs} == expected
     assert all(isinstance(o.value, SqsMessage) and o.value.queue_url == "q" for o in outputs)
-    # Bundle 1: three polls with messages and an empty one (3 s, the idle timeout left);
-    # bundle 2 finds the reader idle long enough and ends its restriction.
-    assert len(bundles) == 2 and bundles[1]["outputs"] == [] and bundles[1]["resume"] is None
-    assert [r["count"] for r in fake.receives] == [10, 10, 10, 10]
-    assert [r["wait"] for r in fake.receives] == [3, 3, 3, 3]
+    # Bundle 1: three polls with messages and an empty one (1 s, DRAIN_WAIT_S); bundles 2
+    # and 3 poll once more each; bundle 4 finds the reader idle long enough (3 s) and ends
+    # its restriction.
+    assert len(bundles) == 4 and all(b["outputs"] == [] for b in bundles[1:])
+    assert bundles[3]["resume"] is None
+    assert [r["count"] for r in fake.receives] == [10] * 6
+    assert [r["wait"] for r in fake.receives] == [1] * 6
     assert {r["visibility"] for r in fake.receives} == {120}
     assert fake.receives[0]["MessageSystemAttributeNames"] == ["SentTimestamp"]
     first = bundles[0]
@@ -682,86 +684,6 @@ def test_sqs_message_round_trips_through_its_row_coder():
 
 
 # -- end to end against a local SQS server ---------------------------------------------------
-
-def _patch_moto_sqs(mp: pytest.MonkeyPatch) -> None:
-    """Cheap and serialized equivalents of moto's SQS operations (see the module doc)."""
-    try:
-        import moto.sqs.models as models
-        from moto.sqs.exceptions import ReceiptHandleIsInvalid
-    except ImportError:
-        return
-
-    def now_ms() -> float:
-        return time.time() * 1000.0
-
-    def unix_time(dt=None, _original=models.unix_time):
-        return time.time() if dt is None else _original(dt)
-
-    def unix_time_millis(dt=None, _original=models.unix_time_millis):
-        return now_ms() if dt is None else _original(dt)
-
-    def retained(self, queue_name, message):
-        queue = self.get_queue(queue_name)
-        return int(queue.message_retention_period) + message.sent_timestamp / 1000 > time.time()
-
-    def delete_message(self, receipt_handle):
-        if receipt_handle in self.deleted_messages:
-            return
-        for i, message in enumerate(self._messages):
-            if message.had_receipt_handle(receipt_handle):
-                self._messages = self._messages[:i] + self._messages[i + 1:]
-                self.pending_messages.discard(message)
-                self.deleted_messages.update(message.all_receipt_handles)
-                return
-        raise ReceiptHandleIsInvalid()
-
-    def visible(self):
-        now = now_ms()
-        return [m for m in self._messages if m.visible_at < now and not now < m.delayed_until]
-
-    def count(predicate):
-        return property(lambda self: (lambda now: sum(1 for m in self._messages
-                                                      if predicate(m, now)))(now_ms()))
-
-    lock = threading.RLock()
-
-    def serialized(method):
-        def locked(self, *args, **kwargs):
-            with lock:
-                return method(self, *args, **kwargs)
-        return locked
-
-    def receive_message(self, queue_name, count, wait_seconds_timeout, *args,
-                        _original=models.SQSBackend.receive_message):
-        deadline = time.monotonic() + int(wait_seconds_timeout or 0)
-        while True:
-            with lock:
-                received = _original(self, queue_name, count, 0, *args)
-            if received or time.monotonic() >= deadline:
-                return received
-            time.sleep(0.05)
-
-    patches = [(models.SQSBackend, name, serialized(getattr(models.SQSBackend, name)))
-               for name in ("get_queue_attributes", "send_message", "send_message_batch",
-                            "delete_message", "delete_message_batch", "change_message_visibility",
-                            "change_message_visibility_batch", "purge_queue")
-               if hasattr(models.SQSBackend, name)]
-    patches += [
-        (models.SQSBackend, "receive_message", receive_message),
-        (models, "unix_time", unix_time),
-        (models, "unix_time_millis", unix_time_millis),
-        (models.SQSBackend, "is_message_valid_based_on_retention_period", retained),
-        (models.Queue, "delete_message", delete_message),
-        (models.Queue, "messages", property(visible)),
-        (models.Queue, "approximate_number_of_messages_delayed",
-         count(lambda m, now: now < m.delayed_until)),
-        (models.Queue, "approximate_number_of_messages_not_visible",
-         count(lambda m, now: not m.visible_at < now)),
-    ]
-    for owner, name, value in patches:
-        if hasattr(owner, name):
-            mp.setattr(owner, name, value)
-
 
 @pytest.fixture(scope="module")
 def sqs_server(tmp_path_factory):

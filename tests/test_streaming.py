@@ -110,3 +110,33 @@ def test_dataflow_dry_run_translates_the_streaming_pipeline():
     names = {t.unique_name for t in job.proto_pipeline.components.transforms.values()}
     assert {"ReadFromSqs", "DecodeQueueMessages", "WindowMessages", "KeepFirstNotification",
             "ComputeVerdictStats", "ComputeSenderStats", "Write_messages"} <= names
+
+
+def test_a_bundle_decodes_like_its_messages_one_by_one():
+    """``BundleDecoder`` (one builder for a bundle) gives the rows, dead letters and counts
+    of a ``_SourceDecoder`` per message."""
+    from sesbeam.transforms.decode import _SourceDecoder
+    from sesbeam.transforms.queue_decode import BundleDecoder
+    from tests.test_decode import workmail
+
+    bodies = [message(f"m{i}", f"2024-03-01T10:0{i}:00", i, raw=i % 2 == 0).value
+              for i in range(6)]
+    bodies += [bodies[0]._replace(body=b, message_id=f"x{i}") for i, b in enumerate([
+        "{not json", "plain text", json.dumps(sns(workmail("wm-1"))),
+        json.dumps(sns({"notificationType": "Bounce", "mail": {}})), json.dumps({"mail": 1})])]
+    bundle = BundleDecoder()
+    dead = [row for m in bodies for row in bundle.add(m)]
+    result = bundle.result()
+    rows, one_dead, tallies = [], [], []
+    for m in bodies:
+        d = _SourceDecoder(f"{m.queue_url}#{m.message_id}", m.sent_timestamp_ms)
+        d.text(m.body, "raw", m.sent_timestamp_ms, 0, None)
+        r = d.result(len(m.body.encode()))
+        rows += [row for b in r.messages for row in b.to_pylist()]
+        one_dead += r.dead_letters.to_pylist() if r.dead_letters is not None else []
+        tallies.append(r.tally)
+    assert [row for b in result.messages for row in b.to_pylist()] == rows
+    assert dead == one_dead and dead
+    for key in ("records", "notifications", "bytes"):
+        assert result.tally[key] == sum(t[key] for t in tallies), key
+    assert result.tally["queue_messages"] == len(bodies) and result.tally["sources"] == 0

@@ -144,6 +144,10 @@ def _stream(argv: list[str]) -> int:
         return 0
     print(format_summary(summary, seconds))
     print(f"{'late, dropped':<20}  {summary['late_dropped']:,}")
+    if summary.get("recovered_messages") or summary.get("redeliveries_dropped"):
+        print(f"{'recovered':<20}  {summary.get('recovered_messages', 0):,} messages from the "
+              f"journal of an interrupted run, {summary.get('redeliveries_dropped', 0):,} "
+              "SQS redeliveries dropped")
     return exit_code(summary)
 
 

@@ -88,6 +88,11 @@ class StreamOptions(PipelineOptions):
         parser.add_argument(
             "--readers_per_queue", "--readers-per-queue", type=int, default=2,
             help="Parallel readers per queue.")
+        parser.add_argument(
+            "--visibility_timeout", "--visibility-timeout", type=int, default=120,
+            help="Visibility timeout (seconds) requested when receiving and extended while a "
+                 "message is in flight: after a crash, unfinished messages reappear this long "
+                 "after their last extension.")
 
 
 def _add_security_args(parser) -> None:

@@ -15,21 +15,27 @@ the same ``ComputeVerdictStats``/``ComputeSenderStats`` combiners. Per window:
 - data later than the allowed lateness is dropped by the windowing; a drain-mode run counts
   it in ``summary.json`` as ``late_dropped``.
 
-Files are written per pane straight into the tables (``part-w<window>-p<pane>-<id>``), so a
+Messages travel as one RecordBatch per bundle (``DecodeQueueMessages``) and are
+deduplicated a batch at a time (``KeepFirstNotification``: the ids seen per bucket and
+window in Beam state).
+
+Files are named per run, table, day, window and pane (``part-w<window>-p<pane>-<run_id>``),
+so a retried pane replaces its file. Without a journal they go straight into the tables: a
 reader sees a pane's rows once its file exists. A drain-mode run (``--idle-timeout``)
-ends with ``summary.json``.
+journals the messages it reads, stages its files and commits them with ``summary.json`` at
+the end; the next run recovers an interrupted one (``sesbeam.transforms.journal``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import uuid
 
 import apache_beam as beam
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
-from apache_beam.coders import BooleanCoder
+from apache_beam.coders import BytesCoder
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.transforms import trigger as beam_trigger
 from apache_beam.transforms import userstate
@@ -45,12 +51,13 @@ from sesbeam.pipeline.batch import (
 from sesbeam.pipeline.options import BatchOptions, StreamOptions, parse_duration
 from sesbeam.schemas import PARTITION_COLUMN, SCHEMA_VERSION, TABLES
 from sesbeam.transforms import ComputeSenderStats, ComputeVerdictStats, WindowMessages
-from sesbeam.transforms._arrow import MS_PER_DAY, compact, epoch_ms, partition
+from sesbeam.transforms._arrow import MS_PER_DAY, epoch_ms, partition
 from sesbeam.transforms._storage import Storage
-from sesbeam.transforms.decode import DecodedSource, _SourceDecoder
+from sesbeam.transforms.dedupe import DEFAULT_BUCKETS, bucket_of
+from sesbeam.transforms.journal import ReadJournal, Recovery, commit, recover, staging_root
 from sesbeam.transforms.privacy import ProtectPersonalData
-from sesbeam.transforms.progress import note_source
-from sesbeam.transforms.sqs import ReadFromSqs, SqsMessage
+from sesbeam.transforms.queue_decode import DecodeQueueMessages, decode_message
+from sesbeam.transforms.sqs import ReadFromSqs
 from sesbeam.transforms.summary import build_summary, merge_tallies
 from sesbeam.transforms.write import day_name, write_parquet
 
@@ -60,72 +67,54 @@ __all__ = ["DecodeQueueMessages", "KeepFirstNotification", "WritePanes", "build_
 _LOG = logging.getLogger(__name__)
 
 
-def decode_message(message: SqsMessage, certificates=None) -> DecodedSource:
-    """One SQS message body (an SNS envelope, a raw notification, ...) decoded."""
-    decoder = _SourceDecoder(f"{message.queue_url}#{message.message_id}",
-                             message.sent_timestamp_ms, certificates)
-    decoder.text(message.body, "raw", message.sent_timestamp_ms, 0, None)
-    result = decoder.result(len(message.body.encode("utf-8", "surrogatepass")))
-    return result._replace(tally={**result.tally, "sources": 0, "queue_messages": 1})
-
-
-class _DecodeMessageDoFn(beam.DoFn):
-    def __init__(self, certificates=None):
-        self._certificates = certificates
-
-    def process(self, message: SqsMessage):
-        decoded = decode_message(message, self._certificates)
-        note_source(decoded.tally["bytes"], decoded.tally["records"])
-        yield from decoded.messages
-        if decoded.dead_letters is not None:
-            yield beam.pvalue.TaggedOutput("dead_letters", decoded.dead_letters)
-        yield beam.pvalue.TaggedOutput("tallies", decoded.tally)
-
-
-class DecodeQueueMessages(beam.PTransform):
-    """``SqsMessage`` -> ``{"messages", "dead_letters", "tallies"}`` like ``DecodeNotifications``."""
-
-    def __init__(self, certificates=None):
-        super().__init__()
-        self._certificates = certificates
-
-    def expand(self, messages):
-        out = messages | "Decode" >> beam.ParDo(_DecodeMessageDoFn(self._certificates)) \
-            .with_outputs("dead_letters", "tallies", main="messages")
-        return {name: out[name] for name in ("messages", "dead_letters", "tallies")}
-
-
-def _by_message_id(batch: pa.RecordBatch):
-    if batch.num_rows == 1:
-        yield batch.column("message_id")[0].as_py(), batch
-        return
-    for i, message_id in enumerate(batch.column("message_id").to_pylist()):
-        yield message_id, compact(batch.slice(i, 1))
+def _by_bucket(batch: pa.RecordBatch, buckets: int):
+    yield from partition(batch, bucket_of(batch.column("message_id"), buckets))
 
 
 class _KeepFirstDoFn(beam.DoFn):
-    """Per message id and window: the first row goes on, later ones are duplicates."""
+    """Per bucket of message ids and window: rows of ids not seen yet go on (the first of
+    each), the others are counted as duplicates."""
 
-    SEEN = userstate.ReadModifyWriteStateSpec("seen", BooleanCoder())
+    # Each entry is the JSON list of the ids one element added: one bytes object, cheap
+    # for the SDK's state cache to size (it walks every object of a cached value).
+    SEEN = userstate.BagStateSpec("seen", BytesCoder())
 
     def process(self, element, seen=beam.DoFn.StateParam(SEEN)):
-        _, row = element
-        if seen.read():
-            yield beam.pvalue.TaggedOutput("tallies", {"duplicates": 1})
-        else:
-            seen.write(True)
-            yield row
+        _, table = element
+        known: set = set()
+        for ids in seen.read():
+            known.update(orjson.loads(ids))
+        keep, new = [], []
+        for i, message_id in enumerate(table.column("message_id").to_pylist()):
+            if message_id not in known:
+                known.add(message_id)
+                keep.append(i)
+                new.append(message_id)
+        if new:
+            seen.add(orjson.dumps(new))
+        if len(keep) < table.num_rows:
+            yield beam.pvalue.TaggedOutput("tallies",
+                                           {"duplicates": table.num_rows - len(keep)})
+        if len(keep) == table.num_rows:
+            yield table
+        elif keep:
+            yield table.take(pa.array(keep))
 
 
 class KeepFirstNotification(beam.PTransform):
     """Windowed message batches -> ``{"messages": first per id and window, "tallies"}``.
 
-    Window state expires with the window (end + allowed lateness), so it stays bounded.
+    Batches are split into ``buckets`` by message id; the ids seen per bucket and window are
+    kept in state, which expires with the window (end + allowed lateness).
     """
+
+    def __init__(self, buckets: int = DEFAULT_BUCKETS):
+        super().__init__()
+        self._buckets = buckets
 
     def expand(self, batches):
         out = (batches
-               | "KeyByMessageId" >> beam.FlatMap(_by_message_id)
+               | "KeyByBucket" >> beam.FlatMap(_by_bucket, self._buckets)
                | "KeepFirst" >> beam.ParDo(_KeepFirstDoFn()).with_outputs(
                    "tallies", main="messages"))
         return {"messages": out["messages"], "tallies": out["tallies"]}
@@ -139,9 +128,11 @@ def _key_by_day(batch: pa.RecordBatch, column: str | None):
 
 
 class _WritePaneDoFn(beam.DoFn):
-    def __init__(self, output: str, table: str):
+    def __init__(self, output: str, table: str, run_id: str, staging: bool):
         self._output = output
         self._table = table
+        self._run_id = run_id
+        self._staging = staging
 
     def setup(self):
         self._storage = Storage()
@@ -155,55 +146,72 @@ class _WritePaneDoFn(beam.DoFn):
         column = TABLES[self._table][1]
         if column is not None:
             table = table.take(pc.sort_indices(table, sort_keys=[(column, "ascending")]))
-        folder = f"{self._output}/{self._table}"
+        folder = self._table
         if day >= 0 or column is not None:
             folder += f"/{PARTITION_COLUMN}={day_name(day)}"
         start = getattr(win, "start", None)
         window = f"w{start.micros // 1000}" if start is not None else "wglobal"
-        name = f"part-{window}-p{pane.index}-{uuid.uuid4().hex[:12]}.parquet"
-        write_parquet(table, f"{folder}/{name}", self._table, self._storage)
-        yield {"tables": {self._table: {"files": 1, "rows": table.num_rows}}}
+        # One name per run, table, day, window and pane: a retried write replaces its file.
+        relative = f"{folder}/part-{window}-p{pane.index}-{self._run_id}.parquet"
+        root = staging_root(self._output, self._run_id) if self._staging else self._output
+        write_parquet(table, f"{root}/{relative}", self._table, self._storage)
+        tally = {"tables": {self._table: {"files": 1, "rows": table.num_rows}}}
+        if self._staging:
+            tally["files"] = [relative]
+        yield tally
 
 
 class WritePanes(beam.PTransform):
     """Windowed, triggered RecordBatches of one table -> one Parquet file per day and pane.
 
-    Files go straight into ``OUT/<table>/``: a streaming run has no end to commit at.
+    Files go straight into ``OUT/<table>/`` (a streaming job has no end to commit at), or
+    with ``staging`` into the run's staging folder, for ``journal.commit`` (drain mode).
     """
 
-    def __init__(self, output: str, table: str):
+    def __init__(self, output: str, table: str, run_id: str, staging: bool = False):
         super().__init__()
         self._output = output.rstrip("/")
         self._table = table
+        self._run_id = run_id
+        self._staging = staging
 
     def expand(self, batches):
         return (batches
                 | "KeyByDay" >> beam.FlatMap(_key_by_day, TABLES[self._table][1])
                 | "GroupByDay" >> beam.GroupByKey()
-                | "Write" >> beam.ParDo(_WritePaneDoFn(self._output, self._table)))
+                | "Write" >> beam.ParDo(_WritePaneDoFn(self._output, self._table,
+                                                       self._run_id, self._staging)))
 
 
 class _WriteSummaryDoFn(beam.DoFn):
-    def __init__(self, output: str, context: dict):
+    def __init__(self, output: str, context: dict, journal_files: tuple | None):
         self._output = output
         self._context = context
+        self._journal_files = journal_files  # None: no journal, tables written in place
 
     def setup(self):
         self._storage = Storage()
 
     def process(self, tally: dict):
         tally = dict(tally)
+        files = tally.pop("files", [])
         decoded = tally.get("notifications", 0)
         written = tally.get("tables", {}).get("messages", {}).get("rows", 0)
         late = decoded - written - tally.get("duplicates", 0)
         summary = build_summary(tally, output=self._output, **self._context)
         summary["queue_messages"] = tally.get("queue_messages", 0)
+        summary["recovered_messages"] = tally.get("recovered_messages", 0)
+        summary["redeliveries_dropped"] = tally.get("redeliveries_dropped", 0)
         summary["late_dropped"] = late
         summary["balanced"] = (summary["records"] == summary["messages"] + summary["duplicates"]
                                + summary["skipped"] + summary["dead_letters"] + late
                                and late >= 0)
-        with self._storage.create(f"{self._output}/summary.json", "application/json") as f:
-            f.write(json.dumps(summary, indent=2).encode() + b"\n")
+        if self._journal_files is None:
+            with self._storage.create(f"{self._output}/summary.json", "application/json") as f:
+                f.write(json.dumps(summary, indent=2).encode() + b"\n")
+        else:
+            commit(self._output, self._context["run_id"], files, list(self._journal_files),
+                   summary, self._storage)
         yield summary
 
 
@@ -216,15 +224,31 @@ def trigger_for(early_s: int | None):
 
 def build_streaming(messages, output: str, *, window_s: int, allowed_lateness_s: int,
                     early_s: int | None, run_id: str, certificates=None, privacy=None,
-                    summary: bool = True):
-    """Add the streaming graph to a PCollection of ``SqsMessage`` (or any source of them)."""
+                    summary: bool = True, buckets: int = DEFAULT_BUCKETS,
+                    journal: bool = False, recovery: Recovery | None = None):
+    """Add the streaming graph to a PCollection of ``SqsMessage`` (or any source of them).
+
+    ``journal`` (drain mode, with ``summary``): journal the messages as they are read, stage
+    the tables and commit them at the end (``sesbeam.transforms.journal``); ``recovery``:
+    the journal of interrupted runs to decode again (from ``journal.recover``).
+    """
     output = output.rstrip("/")
-    decoded = messages | DecodeQueueMessages(certificates)
+    recovery = recovery or Recovery()
+    staged = journal and summary
+    decoded = messages | DecodeQueueMessages(
+        certificates, journal=output if staged else None, run_id=run_id,
+        skip_ids=recovery.message_ids)
+    if recovery.files:
+        again = (messages.pipeline
+                 | "Recovered" >> ReadJournal(recovery.files, recovery.repeated)
+                 | "DecodeRecovered" >> DecodeQueueMessages(certificates, recovered=True))
+        decoded = {name: (decoded[name], again[name]) | f"With{name.title()}" >> beam.Flatten()
+                   for name in decoded}
     windowing = {"trigger": trigger_for(early_s),
                  "accumulation_mode": beam_trigger.AccumulationMode.DISCARDING,
                  "allowed_lateness": allowed_lateness_s}
     windowed = decoded["messages"] | WindowMessages(window_s, **windowing)
-    firsts = windowed | KeepFirstNotification()
+    firsts = windowed | KeepFirstNotification(buckets)
     kept = firsts["messages"]
     dead_letters = decoded["dead_letters"]
     if privacy is not None and not privacy.is_noop:
@@ -238,7 +262,7 @@ def build_streaming(messages, output: str, *, window_s: int, allowed_lateness_s:
         "sender_stats": kept | ComputeSenderStats(),
         "dead_letters": dead_letters,
     }
-    written = [pcoll | f"Write_{name}" >> WritePanes(output, name)
+    written = [pcoll | f"Write_{name}" >> WritePanes(output, name, run_id, staged)
                for name, pcoll in tables.items()]
     if not summary:
         return None
@@ -255,7 +279,8 @@ def build_streaming(messages, output: str, *, window_s: int, allowed_lateness_s:
             | "AllTallies" >> beam.Flatten()
             | "GroupTallies" >> beam.GroupByKey()
             | "MergeTallies" >> beam.MapTuple(lambda _, tallies: merge_tallies(tallies))
-            | "WriteSummary" >> beam.ParDo(_WriteSummaryDoFn(output, context)))
+            | "WriteSummary" >> beam.ParDo(_WriteSummaryDoFn(
+                output, context, recovery.files if staged else None)))
 
 
 def run_stream(argv: list[str] | None = None) -> dict:
@@ -282,13 +307,16 @@ def run_stream(argv: list[str] | None = None) -> dict:
         standard.streaming = True
     run_id = shared.run_id or new_run_id()
     certificates, privacy = security_from_options(shared)
+    recovery = recover(shared.output) if drain else None
     with beam.Pipeline(options=options) as pipeline:
         source = pipeline | "ReadFromSqs" >> ReadFromSqs(
             list(opts.queue_url), idle_timeout_s=opts.idle_timeout,
-            readers_per_queue=opts.readers_per_queue)
+            readers_per_queue=opts.readers_per_queue,
+            visibility_timeout_s=opts.visibility_timeout)
         build_streaming(source, shared.output, window_s=window_s, allowed_lateness_s=lateness_s,
                         early_s=early_s, run_id=run_id, certificates=certificates,
-                        privacy=privacy, summary=drain)
+                        privacy=privacy, summary=drain, buckets=shared.dedupe_buckets,
+                        journal=drain, recovery=recovery)
     if not drain:
         return {}
     summary = read_summary(shared.output)

@@ -53,8 +53,8 @@ self-checkpoints are dropped: every reader would stop after its first round). Ca
 ``FnApiRunner`` "committed" means held in the runner's memory; if a later stage of the same
 run fails (a sink after a ``GroupByKey``), the messages already deleted are not read again.
 Where that matters, write the bodies durably in the reading stage itself (a sink fused with
-the read, e.g. one archive object per bundle, written in ``finish_bundle``), which happens
-before the bundle is finalized.
+the read, written in ``finish_bundle``), which happens before the bundle is finalized: the
+streaming pipeline's drain mode does so (``sesbeam.transforms.journal``).
 
 AWS: the clients follow the standard environment (``AWS_ENDPOINT_URL_SQS``,
 ``AWS_ENDPOINT_URL``, ``AWS_DEFAULT_REGION``/``AWS_REGION``, profiles, the credential chain).
@@ -115,6 +115,9 @@ IDLE_SLACK_S = 30
 #: long or this many messages, and after every empty long poll.
 ROUND_MAX_S = 5.0
 ROUND_MAX_MESSAGES = 1000
+#: In drain mode a long poll waits at most this long: on a local runner the readers take
+#: turns, and each one's idle time runs while the others poll.
+DRAIN_WAIT_S = 1
 #: Visibility is extended while a message is in flight, at most this long after its receipt;
 #: after that it is left to reappear (a slower bundle then produces a duplicate).
 MAX_LEASE_S = 900
@@ -813,7 +816,7 @@ class _ReadSqsFn(beam.DoFn):
             return cfg.wait_time_s
         idle_for = 0 if state.idle_since_ms is None else now - state.idle_since_ms
         left_s = math.ceil((cfg.idle_timeout_s * 1000 - idle_for) / 1000)
-        return max(1, min(cfg.wait_time_s, left_s))
+        return max(1, min(cfg.wait_time_s, left_s, DRAIN_WAIT_S))
 
     def _receive(self, queue_url: str, count: int, wait_s: int) -> list[dict]:
         names = ["SentTimestamp"]
@@ -868,8 +871,7 @@ class ReadFromSqs(beam.PTransform):
         max_messages: stop after at most this many messages in all (split evenly between the
             readers; a reader also stops on its idle timeout). None: no limit.
         visibility_timeout_s: visibility timeout requested on receipt and by each extension.
-        wait_time_s: long-poll wait (0-20 s); in drain mode never longer than the idle time
-            left.
+        wait_time_s: long-poll wait (0-20 s); in drain mode ``DRAIN_WAIT_S`` at most.
 
     At least once: messages are deleted in bundle finalization, after the runner committed
     the bundle; duplicates must be removed downstream (by ``mail.messageId``).
