@@ -267,11 +267,40 @@ def test_killed_run_is_recovered_by_the_next_one(sqs, server_side, tmp_path, whe
 
     s = run_stream(out, urls, *options)
     b, batch_out = run_batch(messages, tmp_path)
-    assert s["recovered_messages"] > 0
-    assert s["recovered_messages"] + left - s["redeliveries_dropped"] == len(messages)
     assert_same_as_batch(s, b, out, batch_out, len(messages))
+    assert s["recovered_messages"] > 0
+    # Every message was decoded once: from the journal, or from SQS. (A journaled message
+    # can be received more than once in the rerun when its visibility runs out on a slow
+    # machine: each receipt is a dropped redelivery, so this is a lower bound.)
+    assert s["recovered_messages"] + left - s["redeliveries_dropped"] <= len(messages)
     for url in urls:
         assert depth(sqs, url) == (0, 0)
     print(f"\nkilled with {files} journal files, {left} of {len(messages)} messages "
           f"in SQS ({in_flight} in flight); the next run recovered {s['recovered_messages']} "
           f"and dropped {s['redeliveries_dropped']} redeliveries")
+
+
+def test_transient_sqs_errors_do_not_change_the_result(sqs, tmp_path):
+    """Throttling, 500s and dropped connections on every kind of SQS call (receive, delete,
+    visibility changes), from a fault-injecting proxy in front of the server."""
+    from tests.faultproxy import DROP, INTERNAL_ERROR, SLOW_DOWN, FaultProxy
+
+    messages = bodies(600, seed=3)
+    urls, _ = send(sqs, "faults", messages)
+    endpoint = sqs.meta.endpoint_url
+    with FaultProxy(endpoint, seed=17) as proxy:
+        for fault in (SLOW_DOWN, INTERNAL_ERROR, DROP):
+            proxy.add_random(fault, 0.05, match=lambda r: r.target.startswith("AmazonSQS."))
+        proxy_urls = [u.replace(endpoint, proxy.url) for u in urls]
+        env = {**stream_env(), "AWS_ENDPOINT_URL": proxy.url}
+        done = subprocess.run(stream_command(tmp_path / "stream", proxy_urls,
+                                             "--idle-timeout", "6", "--visibility-timeout", "5"),
+                              env=env, capture_output=True, text=True, timeout=300)
+        counters = proxy.counters()
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert counters["injected"] > 0, counters
+    s = json.loads((tmp_path / "stream" / "summary.json").read_text())
+    b, batch_out = run_batch(messages, tmp_path)
+    assert_same_as_batch(s, b, tmp_path / "stream", batch_out, len(messages))
+    for url in urls:
+        assert depth(sqs, url) == (0, 0)
