@@ -137,7 +137,7 @@ class _DropEarlierDoFn(beam.DoFn):
         for day in np.unique(days).tolist():
             ids = self._committed_ids(day)
             if len(ids):
-                known = pc.is_in(batch.column("message_id"), value_set=ids)
+                known = pc.is_in(batch.column("message_id"), value_set=ids, skip_nulls=True)
                 earlier |= (days == day) & known.to_numpy(zero_copy_only=False)
         dropped = int(earlier.sum())
         if dropped:
