@@ -32,6 +32,7 @@ import pyarrow as pa
 
 from sesbeam.schemas import DEAD_LETTERS, wire
 from sesbeam.transforms._arrow import MAX_BATCH_ROWS
+from sesbeam.transforms._gunzip import gunzip_clean
 from sesbeam.transforms.progress import note_source
 from sesbeam.transforms.signatures import sns_signature_failure
 from sesbeam.transforms.normalize import (
@@ -115,6 +116,9 @@ def decompress(data: bytes) -> tuple[bytes, str | None]:
     """
     if not data.startswith(_GZIP_MAGIC):
         return data, None
+    fast = gunzip_clean(data)  # ISA-L for clean streams; zlib below words the errors
+    if fast is not None:
+        return fast, None
     parts: list[bytes] = []
     rest = data
     while rest:
