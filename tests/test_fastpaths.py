@@ -65,3 +65,35 @@ def test_isal_gunzip_equals_zlib_under_every_bit_flip_and_cut(monkeypatch):
             variants.append(bytes(flipped))
     for variant in variants:
         assert decompress(variant) == _zlib_only(variant, monkeypatch)
+
+
+def test_arrow_pickles_as_ipc_and_round_trips_exactly():
+    import pickle
+
+    import pyarrow as pa
+
+    from sesbeam.schemas import MESSAGES, wire
+    from sesbeam.transforms import _arrow
+
+    schema = pa.schema([pa.field("a", pa.int64(), nullable=False, metadata={"doc": "x"}),
+                        pa.field("b", pa.list_(pa.string())),
+                        pa.field("t", pa.timestamp("ms", tz="UTC"))],
+                       metadata={"k": "v"})
+    batch = pa.RecordBatch.from_pydict(
+        {"a": list(range(1000)), "b": [["x", None], None] * 500, "t": [1, None] * 500},
+        schema=schema)
+    table = pa.Table.from_batches([batch, batch.slice(10, 5)])
+    for value in (batch, batch.slice(100, 3), table, table.slice(990, 20),
+                  schema.empty_table(), pa.Table.from_batches([], schema=schema),
+                  batch.slice(0, 0), wire(MESSAGES).empty_table()):
+        for protocol in (2, pickle.HIGHEST_PROTOCOL):
+            back = pickle.loads(pickle.dumps(value, protocol))
+            assert type(back) is type(value)
+            assert back.schema.equals(value.schema, check_metadata=True)
+            assert back.equals(value)
+            if isinstance(value, pa.Table):
+                assert [len(c) for c in back.column(0).chunks] == \
+                    [len(c) for c in value.column(0).chunks if len(c)]  # empty chunks go
+    assert len(pickle.dumps(batch.slice(100, 3))) < len(pickle.dumps(batch)) / 20
+    assert pickle.dumps(batch) == pickle.dumps(pickle.loads(pickle.dumps(batch)))
+    assert _arrow.table_from_ipc(_arrow._ipc(table)).equals(table)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copyreg
 from typing import Iterator
 
 import numpy as np
@@ -61,3 +62,44 @@ def to_batches(table: pa.Table, max_rows: int = MAX_BATCH_ROWS) -> Iterator[pa.R
     for batch in table.combine_chunks().to_batches(max_chunksize=max_rows):
         if batch.num_rows:
             yield compact(batch)
+
+
+# -- pickling -------------------------------------------------------------------------------
+# Beam encodes the RecordBatches and Tables that cross a stage boundary (every shuffle, and
+# every stage boundary of the local runners) with pickle. pyarrow's own reduction walks
+# every array and buffer in Python (about 0.8 ms for a 90-row, 27-column table); one Arrow
+# IPC stream does the same in C++ about six times faster, and it writes a slice's own rows
+# only, never its parent's buffers. The rebuilt object is equal to the original: same
+# schema (metadata included), same rows in the same chunks (a Table's empty chunks are
+# left out). Registered for every pickle in the process, so the runner and every worker
+# that imports sesbeam encode and decode the same way.
+
+def _ipc(data: pa.RecordBatch | pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, data.schema) as writer:
+        for batch in data.to_batches() if isinstance(data, pa.Table) else [data]:
+            writer.write_batch(batch)
+    return sink.getvalue().to_pybytes()
+
+
+def table_from_ipc(data: bytes) -> pa.Table:
+    """The Table of an IPC stream (zero-copy: its buffers point into ``data``)."""
+    return pa.ipc.open_stream(data).read_all()
+
+
+def batch_from_ipc(data: bytes) -> pa.RecordBatch:
+    """The one RecordBatch of an IPC stream (zero-copy)."""
+    (batch,) = list(pa.ipc.open_stream(data))
+    return batch
+
+
+def _reduce_table(table: pa.Table):
+    return table_from_ipc, (_ipc(table),)
+
+
+def _reduce_batch(batch: pa.RecordBatch):
+    return batch_from_ipc, (_ipc(batch),)
+
+
+copyreg.pickle(pa.Table, _reduce_table)
+copyreg.pickle(pa.RecordBatch, _reduce_batch)
