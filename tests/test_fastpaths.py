@@ -97,3 +97,115 @@ def test_arrow_pickles_as_ipc_and_round_trips_exactly():
     assert len(pickle.dumps(batch.slice(100, 3))) < len(pickle.dumps(batch)) / 20
     assert pickle.dumps(batch) == pickle.dumps(pickle.loads(pickle.dumps(batch)))
     assert _arrow.table_from_ipc(_arrow._ipc(table)).equals(table)
+
+
+# -- receipt notifications: msgspec fast path against the general decoder ---------------------
+import copy  # noqa: E402
+import json  # noqa: E402
+
+from sesbeam.transforms import fastses  # noqa: E402
+from sesbeam.transforms.decode import SourceFile, decode_source  # noqa: E402
+
+_BASE = {
+    "notificationType": "Received",
+    "mail": {
+        "timestamp": "2024-03-01T10:00:00.123Z", "source": "Bounce <b@Src.Example.>",
+        "messageId": "m-1", "destination": ["r@dest.example", "s@dest.example"],
+        "headersTruncated": False,
+        "headers": [{"name": "From", "value": "x"}, {"name": "To", "value": "y"}],
+        "commonHeaders": {"returnPath": "b@src.example", "from": ["Ann <a@FROM.example>"],
+                          "date": "Fri, 01 Mar 2024 10:00:00 +0000", "to": ["r@dest.example"],
+                          "messageId": "<id@src.example>", "subject": "Hi \u00e9\U0001f600"},
+        "sourceArn": "arn:x", "sourceIp": "192.0.2.1", "sendingAccountId": "1",
+    },
+    "receipt": {
+        "timestamp": "2024-03-01T10:00:01.000Z", "processingTimeMillis": 512,
+        "recipients": ["r@dest.example"], "spamVerdict": {"status": "PASS"},
+        "virusVerdict": {"status": "PASS"}, "spfVerdict": {"status": "GRAY"},
+        "dkimVerdict": {"status": "FAIL"}, "dmarcVerdict": {"status": "FAIL"},
+        "dmarcPolicy": "REJECT",
+        "action": {"type": "S3", "topicArn": "arn:t", "bucketName": "bk",
+                   "objectKey": "k/1", "objectKeyPrefix": "k"},
+    },
+}
+_ABSENT = object()
+_VALUES = [_ABSENT, None, "", "x", "S3", "Received", "true", "12", " 7 ", 0, -1, 7, 1.0, 1.5,
+           2**63 - 1, 2**63, -(2**63), -(2**63) - 1, 2**64, True, False, [], ["a@b.c"],
+           ["A <a@B.c>", "b@c.d"], [1], [None], {}, {"status": "FAIL"}, {"status": None},
+           {"status": 3}, {"x": 1}, "2024-03-01T10:00:00Z", "2024-03-01 10:00:00 +0000",
+           "Fri, 01 Mar 2024 10:00:00 +0000", "0000-01-01T00:00:00Z",
+           "9999-12-31T23:59:59.999-01:00", "AMAZON_SES_SETUP_NOTIFICATION"]
+
+
+def _paths(value, prefix=()):
+    if isinstance(value, dict):
+        for key, sub in value.items():
+            yield prefix + (key,)
+            yield from _paths(sub, prefix + (key,))
+
+
+def _variants():
+    paths = list(_paths(_BASE)) + [("eventType",), ("Type",), ("Message",), ("Records",),
+                                   ("summaryVersion",), ("content",), ("mail", "unknown"),
+                                   ("receipt", "action", "unknown"), ("mail", "commonHeaders",
+                                                                      "sender")]
+    for path in paths:
+        for value in _VALUES:
+            n = copy.deepcopy(_BASE)
+            parent = n
+            for key in path[:-1]:
+                parent = parent[key] if isinstance(parent.get(key), dict) else None
+                if parent is None:
+                    break
+            if parent is None:
+                continue
+            if value is _ABSENT:
+                parent.pop(path[-1], None)
+            else:
+                parent[path[-1]] = value
+            yield json.dumps(n, ensure_ascii=False)
+    text = json.dumps(_BASE)
+    yield text.replace('"sourceIp"', '"x": 1e400, "sourceIp"')  # orjson rejects, msgspec skips
+    yield text.replace('"sourceIp"', '"sourceIp": 1, "sourceIp"')  # duplicate key
+    yield text.replace('"m-1"', '"m-1", "messageId": "m-2"')
+    yield text.replace('"x"', '"\\ud800"')  # lone surrogate
+    yield text.replace('"x"', '"\\udc00\\ud800"')
+    yield text.replace('"m-1"', '"m\\u002d1"')
+    yield text.replace('"mail"', '"m\\u0061il"')
+    yield text.replace('"processingTimeMillis": 512', '"processingTimeMillis": 512.0')
+    yield text.replace('"processingTimeMillis": 512', '"processingTimeMillis": 5e2')
+    yield text.replace('"processingTimeMillis": 512', '"processingTimeMillis": -0')
+    yield text + " x"
+    yield text[:-1]
+    yield "  \t" + text + "\r\n "
+    yield "\ufeff" + text
+    yield "[" + text + "]"
+
+
+def _decode_all(texts, monkeypatch, fast: bool):
+    with monkeypatch.context() as m:
+        if not fast:
+            m.setattr(fastses, "AVAILABLE", False)
+        lines = [json.dumps({"Type": "Notification", "Message": t,
+                             "Timestamp": "2024-03-01T10:00:05.000Z"}) for t in texts]
+        lines.append(json.dumps({"Records": [{"body": t} for t in texts[:50]]}))
+        d = decode_source(SourceFile("s3://b/k", "\n".join(lines).encode(), 1))
+    rows = [r for b in d.messages for r in b.to_pylist()]
+    dead = d.dead_letters.to_pylist() if d.dead_letters is not None else []
+    return rows, dead, d.tally
+
+
+@pytest.mark.skipif(not fastses.AVAILABLE, reason="msgspec not installed")
+def test_fast_notification_rows_equal_the_general_decoder(monkeypatch):
+    texts = list(_variants())
+    fast = _decode_all(texts, monkeypatch, fast=True)
+    general = _decode_all(texts, monkeypatch, fast=False)
+    assert fast[2] == general[2]
+    assert fast[1] == general[1]
+    assert len(fast[0]) == len(general[0])
+    for a, b in zip(*[[json.dumps(r, default=str, sort_keys=True) for r in x[0]]
+                      for x in (fast, general)]):
+        assert a == b
+    taken = sum(fastses.ses_row(t.strip().lstrip("\ufeff"), "sns", "u", 0) is not None
+                for t in texts)
+    assert 0.1 * len(texts) < taken < len(texts)  # both paths were exercised
