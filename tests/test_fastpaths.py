@@ -209,3 +209,28 @@ def test_fast_notification_rows_equal_the_general_decoder(monkeypatch):
     taken = sum(fastses.ses_row(t.strip().lstrip("\ufeff"), "sns", "u", 0) is not None
                 for t in texts)
     assert 0.1 * len(texts) < taken < len(texts)  # both paths were exercised
+
+
+def test_pack_round_trips_batches_and_tables():
+    import pyarrow as pa
+
+    from sesbeam.transforms._arrow import pack, unpack
+
+    schema = pa.schema([pa.field("a", pa.int64(), nullable=False, metadata={"doc": "x"}),
+                        pa.field("s", pa.string()), pa.field("b", pa.binary())],
+                       metadata={"k": "v"})
+    batch = pa.RecordBatch.from_pydict(
+        {"a": list(range(500)), "s": ["x" * (i % 7) if i % 5 else None for i in range(500)],
+         "b": [bytes([i % 256]) * 3 for i in range(500)]}, schema=schema)
+    for value in (batch, batch.slice(7, 9), pa.Table.from_batches([batch, batch]),
+                  schema.empty_table(), batch.slice(0, 0)):
+        packed = pack(value)
+        assert isinstance(packed, bytes)
+        back = unpack(packed)
+        assert isinstance(back, pa.Table)
+        assert back.schema.equals(schema, check_metadata=True)
+        assert back.equals(pa.table(value) if isinstance(value, pa.RecordBatch) else value)
+    assert len(pack(batch.slice(7, 9))) < len(pack(batch)) / 4
+    assert unpack(batch).equals(pa.table(batch))
+    with pytest.raises(ValueError):
+        unpack(b"not packed")

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from apache_beam.transforms import window as beam_window
 
 from sesbeam.schemas import PARTITION_COLUMN, TABLES, parquet_metadata
-from sesbeam.transforms._arrow import MS_PER_DAY, epoch_ms, partition
+from sesbeam.transforms._arrow import MS_PER_DAY, epoch_ms, pack, partition, unpack
 from sesbeam.transforms._storage import Storage, is_remote
 from sesbeam.transforms.summary import build_summary, merge_tallies
 
@@ -56,9 +56,10 @@ def write_parquet(table: pa.Table, path: str, table_name: str,
 
 def _key_by_day(batch: pa.RecordBatch, column: str | None):
     if column is None:
-        yield _NO_PARTITION, batch
+        yield _NO_PARTITION, pack(batch)  # shuffled compressed: see _arrow.pack
     else:
-        yield from partition(batch, epoch_ms(batch.column(column)) // MS_PER_DAY)
+        for day, part in partition(batch, epoch_ms(batch.column(column)) // MS_PER_DAY):
+            yield day, pack(part)
 
 
 class _WriteDoFn(beam.DoFn):
@@ -72,8 +73,7 @@ class _WriteDoFn(beam.DoFn):
 
     def process(self, element):
         day, parts = element
-        table = pa.concat_tables([pa.table(p) if isinstance(p, pa.RecordBatch) else p
-                                  for p in parts])
+        table = pa.concat_tables([unpack(p) for p in parts])
         column = TABLES[self._table][1]
         if column is not None:
             table = table.take(pc.sort_indices(table, sort_keys=[(column, "ascending")]))
