@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import copy
 import gzip
+import json
+import pickle
 import zlib
 
+import pyarrow as pa
 import pytest
 
-from sesbeam.transforms import _gunzip, decode
-from sesbeam.transforms.decode import decompress
+from sesbeam.schemas import MESSAGES, wire
+from sesbeam.transforms import _arrow, _gunzip, decode, fastses
+from sesbeam.transforms._arrow import pack, unpack
+from sesbeam.transforms.decode import SourceFile, decode_source, decompress
 
 
 def _zlib_only(data: bytes, monkeypatch) -> tuple[bytes, str | None]:
@@ -68,13 +74,6 @@ def test_isal_gunzip_equals_zlib_under_every_bit_flip_and_cut(monkeypatch):
 
 
 def test_arrow_pickles_as_ipc_and_round_trips_exactly():
-    import pickle
-
-    import pyarrow as pa
-
-    from sesbeam.schemas import MESSAGES, wire
-    from sesbeam.transforms import _arrow
-
     schema = pa.schema([pa.field("a", pa.int64(), nullable=False, metadata={"doc": "x"}),
                         pa.field("b", pa.list_(pa.string())),
                         pa.field("t", pa.timestamp("ms", tz="UTC"))],
@@ -100,12 +99,6 @@ def test_arrow_pickles_as_ipc_and_round_trips_exactly():
 
 
 # -- receipt notifications: msgspec fast path against the general decoder ---------------------
-import copy  # noqa: E402
-import json  # noqa: E402
-
-from sesbeam.transforms import fastses  # noqa: E402
-from sesbeam.transforms.decode import SourceFile, decode_source  # noqa: E402
-
 _BASE = {
     "notificationType": "Received",
     "mail": {
@@ -212,10 +205,6 @@ def test_fast_notification_rows_equal_the_general_decoder(monkeypatch):
 
 
 def test_pack_round_trips_batches_and_tables():
-    import pyarrow as pa
-
-    from sesbeam.transforms._arrow import pack, unpack
-
     schema = pa.schema([pa.field("a", pa.int64(), nullable=False, metadata={"doc": "x"}),
                         pa.field("s", pa.string()), pa.field("b", pa.binary())],
                        metadata={"k": "v"})

@@ -31,8 +31,8 @@ import orjson
 import pyarrow as pa
 
 from sesbeam.schemas import DEAD_LETTERS, wire
-from sesbeam.transforms._arrow import MAX_BATCH_ROWS
 from sesbeam.transforms import fastses
+from sesbeam.transforms._arrow import MAX_BATCH_ROWS
 from sesbeam.transforms._gunzip import gunzip_clean
 from sesbeam.transforms.progress import note_source
 from sesbeam.transforms.signatures import sns_signature_failure
