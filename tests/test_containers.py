@@ -20,7 +20,7 @@ from sesbeam.transforms.containers import (
     split_units,
     stream_units,
 )
-from sesbeam.transforms.decode import SourceFile, decode_source, decode_stream
+from sesbeam.transforms.decode import SourceFile, decode_source
 from tests.test_decode import ndjson, notification
 
 

@@ -118,7 +118,7 @@ def test_an_interrupted_commit_is_never_taken_for_complete_and_is_finished_next(
     assert second["run_id"] == "second" and second["balanced"]
     assert second["messages"] == manifest["messages"] != first["messages"]
     assert table_files(Path(out)) == {f for f in second["files"] if f.endswith(".parquet")}
-    clean = run_batch(["--input", str(root), "--output", str(tmp_path / "clean")])
+    run_batch(["--input", str(root), "--output", str(tmp_path / "clean")])
     for sql in (IDS, VERDICTS, SENDERS):
         assert totals(Path(out), sql) == totals(tmp_path / "clean", sql)
     assert recover(out) is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copyreg
 from typing import Iterator
 
 import numpy as np
@@ -36,7 +37,9 @@ def compact(data: pa.RecordBatch | pa.Table) -> pa.RecordBatch | pa.Table:
 def partition(batch: pa.RecordBatch | pa.Table, keys: np.ndarray) -> Iterator[tuple[int, pa.Table]]:
     """Split ``batch`` by an integer key per row; yields ``(key, rows with that key)``.
 
-    One stable sort, then one ``take`` per key: O(n log n) whatever the number of keys.
+    One stable sort and one ``take``, then a zero-copy slice per key: O(n log n) whatever
+    the number of keys. The parts share the sorted copy's buffers; pickled (as Beam does
+    between stages) each carries only its own rows (see the IPC reduction below).
     """
     table = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
     n = table.num_rows
@@ -52,8 +55,9 @@ def partition(batch: pa.RecordBatch | pa.Table, keys: np.ndarray) -> Iterator[tu
     cuts = np.flatnonzero(sorted_keys[1:] != sorted_keys[:-1]) + 1
     starts = np.concatenate(([0], cuts))
     ends = np.concatenate((cuts, [n]))
-    for s, e in zip(starts, ends):  # one take per key: each part owns its buffers
-        yield int(sorted_keys[s]), table.take(pa.array(order[s:e]))
+    ordered = table.take(pa.array(order))
+    for s, e in zip(starts, ends):
+        yield int(sorted_keys[s]), ordered.slice(s, e - s)
 
 
 def to_batches(table: pa.Table, max_rows: int = MAX_BATCH_ROWS) -> Iterator[pa.RecordBatch]:
@@ -61,3 +65,75 @@ def to_batches(table: pa.Table, max_rows: int = MAX_BATCH_ROWS) -> Iterator[pa.R
     for batch in table.combine_chunks().to_batches(max_chunksize=max_rows):
         if batch.num_rows:
             yield compact(batch)
+
+
+# -- pickling -------------------------------------------------------------------------------
+# Beam encodes the RecordBatches and Tables that cross a stage boundary (every shuffle, and
+# every stage boundary of the local runners) with pickle. pyarrow's own reduction walks
+# every array and buffer in Python (about 0.8 ms for a 90-row, 27-column table); one Arrow
+# IPC stream does the same in C++ about six times faster, and it writes a slice's own rows
+# only, never its parent's buffers. The rebuilt object is equal to the original: same
+# schema (metadata included), same rows in the same chunks (a Table's empty chunks are
+# left out). Registered for every pickle in the process, so the runner and every worker
+# that imports sesbeam encode and decode the same way.
+
+def _ipc(data: pa.RecordBatch | pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, data.schema) as writer:
+        for batch in data.to_batches() if isinstance(data, pa.Table) else [data]:
+            writer.write_batch(batch)
+    return sink.getvalue().to_pybytes()
+
+
+def table_from_ipc(data: bytes) -> pa.Table:
+    """The Table of an IPC stream (zero-copy: its buffers point into ``data``)."""
+    return pa.ipc.open_stream(data).read_all()
+
+
+def batch_from_ipc(data: bytes) -> pa.RecordBatch:
+    """The one RecordBatch of an IPC stream (zero-copy)."""
+    (batch,) = list(pa.ipc.open_stream(data))
+    return batch
+
+
+def _reduce_table(table: pa.Table):
+    return table_from_ipc, (_ipc(table),)
+
+
+def _reduce_batch(batch: pa.RecordBatch):
+    return batch_from_ipc, (_ipc(batch),)
+
+
+copyreg.pickle(pa.Table, _reduce_table)
+copyreg.pickle(pa.RecordBatch, _reduce_batch)
+
+
+# -- packed batches for shuffles ------------------------------------------------------------
+# What a GroupByKey carries is held in memory by the local runners (the FnApiRunner keeps
+# every grouped buffer until the pipeline ends) and sent over the network by the others.
+# Shuffled message rows therefore travel packed: one Arrow IPC stream, zstd level 1
+# (~3.5 times smaller than the rows: ~170 bytes per message row instead of ~600, for about
+# 2.5 us per row to pack and unpack), as plain bytes, which Beam's coders copy as is.
+_PACK_CODEC = pa.Codec("zstd", compression_level=1)
+_PACK_MAGIC = b"SBZ1"
+
+
+def pack(data: pa.RecordBatch | pa.Table) -> bytes:
+    """``data`` as bytes for a shuffle: zstd-compressed Arrow IPC (see ``unpack``)."""
+    raw = _ipc(data)
+    return (_PACK_MAGIC + len(raw).to_bytes(8, "little")
+            + _PACK_CODEC.compress(raw, asbytes=True))
+
+
+def unpack(data: bytes | pa.RecordBatch | pa.Table) -> pa.Table:
+    """The Table of ``pack``'s bytes (a RecordBatch or Table given as is is returned as a
+    Table)."""
+    if isinstance(data, pa.RecordBatch):
+        return pa.Table.from_batches([data])
+    if isinstance(data, pa.Table):
+        return data
+    if not data.startswith(_PACK_MAGIC):
+        raise ValueError("not a packed Arrow batch")
+    size = int.from_bytes(data[4:12], "little")
+    raw = _PACK_CODEC.decompress(memoryview(data)[12:], decompressed_size=size)
+    return pa.ipc.open_stream(raw).read_all()

@@ -22,6 +22,11 @@ from typing import Any, Iterable, Iterator
 
 import orjson
 
+try:
+    from isal import isal_zlib as _isal
+except ImportError:  # pragma: no cover - isal is a dependency, but optional at run time
+    _isal = None
+
 __all__ = ["BLOCK_BYTES", "DEFAULT_MAX_RECORD_BYTES", "TOO_LARGE", "TOO_LARGE_RAW_BYTES",
            "Gunzip", "decompress", "split_units", "stream_units"]
 
@@ -80,7 +85,7 @@ class Gunzip:
         yield from self._inflate(head)
 
     def _inflate(self, pending: bytes) -> Iterator[bytes]:
-        inflater = zlib.decompressobj(wbits=31)
+        inflater = _inflater(pending)
         while True:
             if not pending:
                 pending = self._next()
@@ -90,7 +95,7 @@ class Gunzip:
                     return
             try:
                 out = inflater.decompress(pending, self._out)
-            except zlib.error as e:
+            except Exception as e:  # noqa: BLE001 - zlib.error or ISA-L's IsalError
                 self.error = f"corrupt gzip stream: {e}"
                 return
             if out:
@@ -111,7 +116,7 @@ class Gunzip:
             if not rest.startswith(_GZIP_MAGIC):
                 self._trailing(rest)
                 return
-            inflater, pending = zlib.decompressobj(wbits=31), rest
+            inflater, pending = _inflater(rest), rest
 
     def _trailing(self, rest: bytes) -> None:
         size, garbage = len(rest), bool(rest.strip(b"\0"))
@@ -120,6 +125,15 @@ class Gunzip:
             garbage = garbage or bool(chunk.strip(b"\0"))
         if garbage:
             self.error = f"{size} bytes of non-gzip data after the stream"
+
+
+def _inflater(member: bytes):
+    """An inflater for the gzip member starting ``member``: ISA-L (about twice zlib's
+    speed) when installed and the header is plain deflate without reserved flags (which
+    ISA-L would ignore and zlib rejects), else zlib."""
+    if _isal is not None and len(member) >= 10 and member[2] == 8 and not member[3] & 0xE0:
+        return _isal.decompressobj(wbits=31)
+    return zlib.decompressobj(wbits=31)
 
 
 def decompress(data: bytes) -> tuple[bytes, str | None]:

@@ -29,6 +29,7 @@ import orjson
 import pyarrow as pa
 
 from sesbeam.schemas import DEAD_LETTERS, wire
+from sesbeam.transforms import fastses
 from sesbeam.transforms._arrow import MAX_BATCH_ROWS
 from sesbeam.transforms._storage import Storage
 from sesbeam.transforms.containers import (
@@ -197,6 +198,9 @@ class _SourceDecoder:
         except InvalidNotification as e:
             self.dead_letter("invalid_notification", str(e), raw(), offset, record)
             return
+        self.add_row(row)
+
+    def add_row(self, row: tuple) -> None:
         self.records += 1
         self.builder.append(row)
 
@@ -299,15 +303,28 @@ class _SourceDecoder:
                 self.dead_letter("unexpected_shape", "SNS notification without Message", raw(),
                                  offset, record)
                 return
-            time_ms = _wrapper_time(env.get("Timestamp"))
             message = env["Message"]
+            if isinstance(message, str) and self.fast_text(message, "sns"):
+                return
+            time_ms = _wrapper_time(env.get("Timestamp"))
             if isinstance(message, dict):
                 self.leaf(message, "sns", time_ms, offset, record, lambda: _dumps(message))
             else:
-                self.text(message, "sns", time_ms, offset, record)
+                self.text(message, "sns", time_ms, offset, record, fast=False)
+
+    def fast_text(self, body: str, envelope: str) -> bool:
+        """The common receipt notification, decoded without building dicts (``fastses``):
+        True when it became a row, False when ``text`` must decode it."""
+        if not fastses.AVAILABLE:
+            return False
+        row = fastses.ses_row(body.strip().lstrip("\ufeff"), envelope, self.uri, self.records)
+        if row is None:
+            return False
+        self.add_row(row)
+        return True
 
     def text(self, body: Any, envelope: str, time_ms: int | None, offset: int,
-             record: int | None) -> None:
+             record: int | None, fast: bool = True) -> None:
         """An SNS ``Message`` or SQS ``body``: a JSON string, or plain text."""
         if not isinstance(body, str):
             self.dead_letter("unexpected_shape", f"message body is {type(body).__name__}",
@@ -317,6 +334,8 @@ class _SourceDecoder:
         stripped = body.strip().lstrip("\ufeff")
         if not stripped.startswith(("{", "[")):
             self.skip("plain_text")
+            return
+        if fast and self.fast_text(stripped, envelope):
             return
         try:
             value = orjson.loads(stripped)

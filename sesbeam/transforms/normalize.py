@@ -281,17 +281,14 @@ _WIRE = wire(MESSAGES)
 
 
 class MessageBuilder:
-    """Collects message rows column-wise and builds ``MESSAGES`` RecordBatches."""
+    """Collects message rows and builds ``MESSAGES`` RecordBatches column by column."""
 
     def __init__(self) -> None:
-        self._columns: list[list] = [[] for _ in MESSAGES]
+        self._rows: list[tuple] = []
+        self.append = self._rows.append  # one C call per row; columns are built in build()
 
     def __len__(self) -> int:
-        return len(self._columns[0])
-
-    def append(self, row: tuple) -> None:
-        for column, value in zip(self._columns, row):
-            column.append(value)
+        return len(self._rows)
 
     def truncate(self, rows: int) -> None:
         """Forget the rows after the first ``rows``."""
@@ -300,6 +297,7 @@ class MessageBuilder:
 
     def build(self) -> pa.RecordBatch:
         """The collected rows as one batch; the builder is empty afterwards."""
-        arrays = [pa.array(col, type=f.type) for col, f in zip(self._columns, _WIRE)]
-        self._columns = [[] for _ in MESSAGES]
+        columns = zip(*self._rows) if self._rows else ([] for _ in _WIRE)
+        arrays = [pa.array(col, type=f.type) for col, f in zip(columns, _WIRE)]
+        self._rows.clear()
         return pa.RecordBatch.from_arrays(arrays, schema=_WIRE)

@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 from apache_beam.transforms import window as beam_window
 
 from sesbeam.schemas import PARTITION_COLUMN, TABLES, parquet_metadata
-from sesbeam.transforms._arrow import MS_PER_DAY, epoch_ms, partition
+from sesbeam.transforms._arrow import MS_PER_DAY, epoch_ms, pack, partition, unpack
 from sesbeam.transforms._storage import Storage, is_remote
 from sesbeam.transforms.summary import build_summary, merge_tallies
 
@@ -72,9 +72,10 @@ def write_parquet(table: pa.Table, path: str, table_name: str,
 
 def _key_by_day(batch: pa.RecordBatch, column: str | None):
     if column is None:
-        yield _NO_PARTITION, batch
+        yield _NO_PARTITION, pack(batch)  # shuffled compressed: see _arrow.pack
     else:
-        yield from partition(batch, epoch_ms(batch.column(column)) // MS_PER_DAY)
+        for day, part in partition(batch, epoch_ms(batch.column(column)) // MS_PER_DAY):
+            yield day, pack(part)
 
 
 class _WriteDoFn(beam.DoFn):
@@ -97,7 +98,7 @@ class _WriteDoFn(beam.DoFn):
         pending: list[pa.Table] = []
         rows = 0
         for part in parts:
-            table = pa.table(part) if isinstance(part, pa.RecordBatch) else part
+            table = unpack(part)
             pending.append(table)
             rows += table.num_rows
             while rows >= ROWS_PER_GROUP:
