@@ -292,8 +292,7 @@ class MessageBuilder:
 
     def truncate(self, rows: int) -> None:
         """Forget the rows after the first ``rows``."""
-        for column in self._columns:
-            del column[rows:]
+        del self._rows[rows:]
 
     def build(self) -> pa.RecordBatch:
         """The collected rows as one batch; the builder is empty afterwards."""
