@@ -304,3 +304,20 @@ def test_transient_sqs_errors_do_not_change_the_result(sqs, tmp_path):
     assert_same_as_batch(s, b, tmp_path / "stream", batch_out, len(messages))
     for url in urls:
         assert depth(sqs, url) == (0, 0)
+
+
+def test_a_later_drain_run_counts_notifications_of_committed_messages_as_duplicates(
+        sqs, tmp_path):
+    """Consecutive drain runs on one output: a notification of a message an earlier run
+    committed (SES retried it, a delete was lost) is a duplicate, never a second row."""
+    first = [json.dumps(sns(notification(f"x{i:03d}"))) for i in range(50)]
+    again = first[:20] + [json.dumps(notification(f"y{i:03d}")) for i in range(10)]
+    out = tmp_path / "stream"
+    urls, _ = send(sqs, "later-1", first, queues=1)
+    one = run_stream(out, urls, "--idle-timeout", "3")
+    urls, _ = send(sqs, "later-2", again, queues=1)
+    two = run_stream(out, urls, "--idle-timeout", "3")
+    assert (one["messages"], one["duplicates"]) == (50, 0)
+    assert (two["messages"], two["duplicates"], two["balanced"]) == (10, 20, True)
+    ids = message_ids(out)
+    assert len(ids) == len(set(ids)) == 60

@@ -54,6 +54,7 @@ from sesbeam.transforms import ComputeSenderStats, ComputeVerdictStats, WindowMe
 from sesbeam.transforms._arrow import MS_PER_DAY, epoch_ms, partition
 from sesbeam.transforms._storage import Storage
 from sesbeam.transforms.dedupe import DEFAULT_BUCKETS, bucket_of
+from sesbeam.transforms.incremental import DropEarlierMessages
 from sesbeam.transforms.journal import ReadJournal, Recovery, commit, recover, staging_root
 from sesbeam.transforms.privacy import ProtectPersonalData
 from sesbeam.transforms.queue_decode import DecodeQueueMessages, decode_message
@@ -254,6 +255,11 @@ def build_streaming(messages, output: str, *, window_s: int, allowed_lateness_s:
     if privacy is not None and not privacy.is_noop:
         kept = kept | "ProtectMessages" >> ProtectPersonalData(privacy)
         dead_letters = dead_letters | "ProtectDeadLetters" >> ProtectPersonalData(privacy)
+    earlier = []
+    if staged:  # a message an earlier drain run committed is a duplicate, not a new row
+        fresh = kept | "DropEarlierMessages" >> DropEarlierMessages(output)
+        kept = fresh["messages"]
+        earlier.append(fresh["tallies"])
     dead_letters = dead_letters | "WindowDeadLetters" >> beam.WindowInto(
         beam_window.FixedWindows(window_s), **windowing)
     tables = {
@@ -269,7 +275,7 @@ def build_streaming(messages, output: str, *, window_s: int, allowed_lateness_s:
     context = {"run_id": run_id, "inputs": [], "window_seconds": window_s,
                "schema_version": SCHEMA_VERSION, "mode": "streaming",
                "sns_signatures_verified": certificates is not None}
-    tallies = [decoded["tallies"], firsts["tallies"], *written]
+    tallies = [decoded["tallies"], firsts["tallies"], *earlier, *written]
     # Back to the global window one by one, then as plain values (no pane of their own),
     # before the Flatten: runners disagree on flattening differently triggered inputs.
     tallies = [t | f"Global{i}" >> beam.WindowInto(beam_window.GlobalWindows())
