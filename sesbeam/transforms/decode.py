@@ -22,6 +22,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import sys
 from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
 import apache_beam as beam
@@ -96,6 +97,8 @@ _SENDING_TYPES = frozenset({
     "Bounce", "Complaint", "Delivery", "Send", "Reject", "Open", "Click",
     "Rendering Failure", "RenderingFailure", "DeliveryDelay", "Subscription",
 })
+#: Nesting deeper than orjson parses (1,024 levels) with some room: see ``_dumps``.
+_JSON_DEPTH = 2000
 #: Dead letters are emitted in batches of at most this many rows or raw bytes.
 _DEAD_BATCH_ROWS = 4096
 _DEAD_BATCH_BYTES = 64 << 20
@@ -130,18 +133,22 @@ def _dumps(value: Any) -> bytes:
     """The compact JSON of a nested value, for a dead letter's ``raw``.
 
     orjson stops at 255 levels of nesting; deeper values (orjson parses up to 1024) go
-    through ``json`` with the same compact, non-ASCII-escaping output. Empty only past
-    Python's recursion limit.
+    through ``json`` with the same compact, non-ASCII-escaping output, with room above the
+    recursion limit for that depth.
     """
     try:
         return orjson.dumps(value)
     except (TypeError, orjson.JSONEncodeError):
         pass
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(limit + _JSON_DEPTH)
     try:
         return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode(
             "utf-8", "surrogatepass")
     except (TypeError, ValueError, RecursionError):
         return b""
+    finally:
+        sys.setrecursionlimit(limit)
 
 
 def _basename(uri: str) -> str:
