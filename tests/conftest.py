@@ -57,6 +57,9 @@ def local_aws(fast_sqs: bool = False):
         mp.setenv("AWS_ACCESS_KEY_ID", "testing")
         mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
         mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        # No shared config or credentials file of the machine may leak in.
+        mp.setenv("AWS_CONFIG_FILE", os.devnull)
+        mp.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
         host, port = server.get_host_and_port()
         url = f"http://{host}:{port}"
         mp.setenv("AWS_ENDPOINT_URL", url)

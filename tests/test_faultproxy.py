@@ -8,11 +8,12 @@ import time
 import pytest
 
 boto3 = pytest.importorskip("boto3")
-moto_server = pytest.importorskip("moto.server")
+pytest.importorskip("moto.server")
 
 from botocore.config import Config  # noqa: E402
 from botocore.exceptions import ClientError, ConnectionClosedError, ReadTimeoutError  # noqa: E402
 
+from tests.conftest import local_aws  # noqa: E402
 from tests.faultproxy import (  # noqa: E402
     DROP,
     DROP_AFTER,
@@ -30,27 +31,10 @@ ONE_ATTEMPT = {"total_max_attempts": 1, "mode": "standard"}
 
 
 @pytest.fixture(scope="module")
-def moto(tmp_path_factory):
+def moto():
     """A moto server on a free loopback port and an AWS environment of test credentials."""
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    mp = pytest.MonkeyPatch()
-    try:
-        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3",
-                     "AWS_ENDPOINT_URL_SQS", "AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE"):
-            mp.delenv(name, raising=False)
-        mp.setenv("AWS_ACCESS_KEY_ID", "testing")
-        mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        empty = tmp_path_factory.mktemp("aws-config") / "none"
-        empty.write_text("")
-        mp.setenv("AWS_CONFIG_FILE", str(empty))
-        mp.setenv("AWS_SHARED_CREDENTIALS_FILE", str(empty))
-        host, port = server.get_host_and_port()
-        yield f"http://{host}:{port}"
-    finally:
-        mp.undo()
-        server.stop()
+    with local_aws() as url:
+        yield url
 
 
 @pytest.fixture

@@ -29,12 +29,12 @@ import pyarrow.parquet as pq
 import pytest
 
 boto3 = pytest.importorskip("boto3")
-moto_server = pytest.importorskip("moto.server")
+pytest.importorskip("moto.server")
 
 from reference import VERDICTS, reference_stats, sender_stats_of  # noqa: E402
 from sesbeam.generate import generate_archive  # noqa: E402
 from sesbeam.pipeline.batch import run_batch  # noqa: E402
-from tests.conftest import reset_moto  # noqa: E402
+from tests.conftest import local_aws  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -52,26 +52,7 @@ TABLES = ("messages", "verdict_stats", "sender_stats", "dead_letters")
 def s3(tmp_path_factory):
     """A moto S3 server on a free loopback port, the AWS environment pointing at it, and an
     uploaded archive. Yields a namespace dict (client, endpoint, manifest, reference...)."""
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    mp = pytest.MonkeyPatch()
-    try:
-        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3",
-                     "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
-            mp.delenv(name, raising=False)
-        mp.setenv("AWS_ENDPOINT_URL", endpoint)
-        mp.setenv("AWS_ACCESS_KEY_ID", "testing")
-        mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        # No shared config/credentials files of the machine may leak in.
-        empty = tmp_path_factory.mktemp("aws-config") / "none"
-        empty.write_text("")
-        mp.setenv("AWS_CONFIG_FILE", str(empty))
-        mp.setenv("AWS_SHARED_CREDENTIALS_FILE", str(empty))
-
-        reset_moto(server)
+    with local_aws() as endpoint:
         client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
         client.create_bucket(Bucket=ARCHIVE_BUCKET)
         client.create_bucket(Bucket=RESULTS_BUCKET)
@@ -88,9 +69,6 @@ def s3(tmp_path_factory):
             "reference": reference_stats(str(archive)),
             "input": f"s3://{ARCHIVE_BUCKET}/{ARCHIVE_PREFIX}",
         }
-    finally:
-        mp.undo()
-        server.stop()
 
 
 def list_keys(client, bucket: str, prefix: str) -> list[str]:
