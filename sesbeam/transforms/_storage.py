@@ -185,6 +185,13 @@ class Storage:
                 return False
             raise
 
+    def files(self, folder: str, pattern: str = "**") -> list[str]:
+        """Sorted paths matching ``folder/pattern``; none when a local folder is absent."""
+        folder = folder.rstrip("/")
+        if not is_remote(folder) and not self.exists(folder):
+            return []
+        return sorted(path for path, _, _ in self.list(f"{folder}/{pattern}"))
+
     def list(self, pattern: str) -> Iterator[tuple[str, int, float | None]]:
         """``(path, size, mtime seconds)`` of the objects matching a glob pattern."""
         if not self._is_s3(pattern):

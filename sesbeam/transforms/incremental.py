@@ -31,29 +31,16 @@ import pyarrow.parquet as pq
 
 from sesbeam.schemas import PARTITION_COLUMN
 from sesbeam.transforms._arrow import MS_PER_DAY, epoch_ms
-from sesbeam.transforms._storage import Storage, is_remote
+from sesbeam.transforms._storage import Storage
 from sesbeam.transforms.write import LEDGER_DIR, day_name
 
-__all__ = ["DropEarlierMessages", "SkipProcessed", "ledger_lines", "read_ledger"]
-
-
-def ledger_lines(objects: list) -> bytes:
-    """The ledger file of a run: ``[uri, size, mtime_ms]`` items as JSON lines."""
-    return b"".join(json.dumps({"uri": uri, "size": size, "mtime_ms": mtime},
-                               sort_keys=True).encode() + b"\n"
-                    for uri, size, mtime in sorted(objects))
-
-
-def _files(storage: Storage, folder: str) -> list[str]:
-    if not is_remote(folder) and not storage.exists(folder):
-        return []
-    return sorted(path for path, _, _ in storage.list(folder + "/**"))
+__all__ = ["DropEarlierMessages", "SkipProcessed", "read_ledger"]
 
 
 def read_ledger(output: str, storage: Storage | None = None):
     """Every URI recorded in ``OUT/_ledger/``."""
     storage = storage or Storage()
-    for path in _files(storage, f"{output.rstrip('/')}/{LEDGER_DIR}"):
+    for path in storage.files(f"{output.rstrip('/')}/{LEDGER_DIR}"):
         with storage.open(path) as f:
             for line in f.read().splitlines():
                 if line.strip():
@@ -122,7 +109,7 @@ class _DropEarlierDoFn(beam.DoFn):
                 self._ids.pop(next(iter(self._ids)))
             folder = f"{self._output}/messages/{PARTITION_COLUMN}={day_name(day)}"
             chunks = []
-            for path in _files(self._storage, folder):
+            for path in self._storage.files(folder):
                 if path.endswith(".parquet"):
                     with self._storage.open(path) as f:
                         table = pq.read_table(io.BytesIO(f.read()), columns=["message_id"])

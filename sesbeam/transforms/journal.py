@@ -79,12 +79,6 @@ def read_journal(storage: Storage, path: str, columns: list[str] | None = None) 
         return pq.read_table(pa.BufferReader(f.read()), columns=columns)
 
 
-def _list(storage: Storage, pattern: str, folder: str) -> list[str]:
-    if not is_remote(folder) and not storage.exists(folder):
-        return []
-    return sorted(path for path, _, _ in storage.list(pattern))
-
-
 class Recovery(NamedTuple):
     """What ``recover`` found: journal files of crashed runs and their SQS message ids."""
 
@@ -102,7 +96,7 @@ def recover(output: str, storage: Storage | None = None) -> Recovery:
     output = output.rstrip("/")
     folder = f"{output}/{JOURNAL}"
     committed = []
-    for manifest in _list(storage, f"{folder}/commit-*.json", folder):
+    for manifest in storage.files(folder, "commit-*.json"):
         try:
             with storage.open(manifest) as f:
                 plan = json.loads(f.read())
@@ -112,12 +106,12 @@ def recover(output: str, storage: Storage | None = None) -> Recovery:
             continue
         _apply(storage, output, plan, manifest)
         committed.append(plan["run_id"])
-    stale = _list(storage, f"{folder}/staging/**", f"{folder}/staging")
+    stale = storage.files(f"{folder}/staging")
     if stale:
         _LOG.info("deleting %d staged files of runs that did not commit", len(stale))
         storage.delete(stale)
     files, ids, repeated = [], set(), {}
-    for path in _list(storage, f"{folder}/*.parquet", folder):
+    for path in storage.files(folder, "*.parquet"):
         try:
             table = read_journal(storage, path, ["message_id"])
         except Exception as e:  # noqa: BLE001 - cut short by a crash: never finalized
@@ -143,7 +137,7 @@ def commit(output: str, run_id: str, files: list[str], journal_files: list[str],
     output = output.rstrip("/")
     folder = f"{output}/{JOURNAL}"
     journal_files = sorted(set(journal_files)
-                           | set(_list(storage, f"{folder}/{run_id}-*.parquet", folder)))
+                           | set(storage.files(folder, f"{run_id}-*.parquet")))
     plan = {"run_id": run_id, "files": sorted(files), "journal": journal_files,
             "summary": summary}
     manifest = f"{folder}/commit-{run_id}.json"
@@ -164,7 +158,7 @@ def _apply(storage: Storage, output: str, plan: dict, manifest: str) -> None:
         with storage.create(path, "application/json") as f:
             f.write(body)
     storage.delete([p for p in plan["journal"] if storage.exists(p)])
-    leftovers = _list(storage, f"{staging}/**", staging)
+    leftovers = storage.files(staging)
     storage.delete(leftovers)
     if not is_remote(staging) and storage.exists(staging):
         storage.delete([staging])

@@ -37,7 +37,7 @@ from sesbeam.transforms._storage import Storage, is_remote
 from sesbeam.transforms.summary import build_summary, merge_tallies
 
 __all__ = ["COMMIT_MARKER", "LEDGER_DIR", "CommitOutput", "WriteTable", "finish_commit",
-           "recover", "write_parquet"]
+           "ledger_lines", "recover", "write_parquet"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -174,10 +174,11 @@ class WriteTable(beam.PTransform):
         )
 
 
-def _existing(storage: Storage, folder: str) -> list[str]:
-    if not is_remote(folder) and not storage.exists(folder):
-        return []
-    return [path for path, _, _ in storage.list(folder + "/**")]
+def ledger_lines(objects: list) -> bytes:
+    """The ledger file of a run: ``[uri, size, mtime_ms]`` items as JSON lines."""
+    return b"".join(json.dumps({"uri": uri, "size": size, "mtime_ms": mtime},
+                               sort_keys=True).encode() + b"\n"
+                    for uri, size, mtime in sorted(objects))
 
 
 def _write_json(storage: Storage, path: str, doc: dict) -> None:
@@ -189,7 +190,7 @@ def finish_commit(output: str, intent: dict, storage: Storage | None = None) -> 
     """Steps 3-4 of the commit described by ``intent``; safe to repeat after a crash."""
     storage = storage or Storage()
     output, staging = output.rstrip("/"), intent["staging"]
-    staged = set(_existing(storage, staging))
+    staged = set(storage.files(staging))
     keep = set()
     for relative in intent["files"]:
         src, dst = f"{staging}/{relative}", f"{output}/{relative}"
@@ -198,11 +199,11 @@ def finish_commit(output: str, intent: dict, storage: Storage | None = None) -> 
             storage.rename(src, dst)
     if intent.get("replace", True):
         for folder in [*TABLES, LEDGER_DIR]:
-            storage.delete([p for p in _existing(storage, f"{output}/{folder}")
+            storage.delete([p for p in storage.files(f"{output}/{folder}")
                             if p not in keep])
     summary = {**intent["summary"], "files": sorted(intent["files"])}
     _write_json(storage, f"{output}/summary.json", summary)
-    storage.delete(_existing(storage, staging))
+    storage.delete(storage.files(staging))
     if not is_remote(staging):
         _remove_empty_dirs(storage, staging, f"{output}/{STAGING_DIR}")
     storage.delete([f"{output}/{COMMIT_MARKER}"])
@@ -225,7 +226,7 @@ def recover(output: str, storage: Storage | None = None) -> str | None:
         finish_commit(output, intent, storage)
         finished = intent["run_id"]
     staging = f"{output}/{STAGING_DIR}"
-    abandoned = _existing(storage, staging)
+    abandoned = storage.files(staging)
     if abandoned:
         _LOG.warning("removing %d staged files of runs that did not commit", len(abandoned))
         storage.delete(abandoned)
@@ -237,7 +238,7 @@ def recover(output: str, storage: Storage | None = None) -> str | None:
 def _remove_empty_dirs(storage: Storage, *folders: str) -> None:
     """Local outputs: remove the run's staging directory, then its parent once empty."""
     for folder in folders:
-        if storage.exists(folder) and not _existing(storage, folder):
+        if storage.exists(folder) and not storage.files(folder):
             storage.delete([folder])
 
 
@@ -252,8 +253,6 @@ class _CommitDoFn(beam.DoFn):
         self._storage = Storage()
 
     def process(self, tally: dict):
-        from sesbeam.transforms.incremental import ledger_lines
-
         tally = dict(tally)
         files = tally.pop("files", [])
         objects = tally.pop("objects", [])
