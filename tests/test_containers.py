@@ -8,6 +8,8 @@ import json
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -17,6 +19,7 @@ from sesbeam.transforms.containers import (
     TOO_LARGE,
     TOO_LARGE_RAW_BYTES,
     Gunzip,
+    Prefetch,
     split_units,
     stream_units,
 )
@@ -57,6 +60,54 @@ def test_any_block_split_gives_the_units_of_the_whole(sizes):
     data = mixed_container()
     limit = max(len(line) for line in data.splitlines()) + 1  # a small window, many passes
     assert units_of(stream_units(rechunk(data, sizes), limit)) == units_of(split_units(data))
+
+
+def test_ndjson_units_come_out_as_the_blocks_arrive():
+    """Whole lines are decoded while later blocks are still being read (and inflated, in
+    the prefetch thread): the window is filled only for what needs it."""
+    lines = ndjson(*[notification(f"n{i}") for i in range(400)])
+    pulled = []
+
+    def blocks():
+        for i, block in enumerate(rechunk(lines, [4096])):
+            pulled.append(i)
+            yield block
+
+    units = stream_units(blocks(), 1 << 20)
+    first = next(units)
+    assert first[2]["mail"]["messageId"] == "n0" and len(pulled) == 1
+    assert len(list(units)) == 399
+
+
+def test_prefetch_keeps_order_hands_over_errors_and_stops_early():
+    assert list(Prefetch(iter(range(1000)), depth=3)) == list(range(1000))
+
+    def failing():
+        yield 1
+        raise ValueError("read failed")
+
+    got = []
+    with pytest.raises(ValueError, match="read failed"):
+        for item in Prefetch(failing()):
+            got.append(item)
+    assert got == [1]
+
+    produced = []
+
+    def endless():
+        i = 0
+        while True:
+            produced.append(i)
+            yield i
+            i += 1
+
+    prefetch = Prefetch(endless(), depth=2)
+    assert next(iter(prefetch)) == 0
+    prefetch.close()
+    count = len(produced)
+    time.sleep(0.2)
+    assert len(produced) == count <= 5  # stopped, at most depth + a few ahead
+    assert not any(t.name == "sesbeam-prefetch" for t in threading.enumerate())
 
 
 def test_a_line_over_the_limit_is_one_too_large_unit_and_its_neighbours_survive():

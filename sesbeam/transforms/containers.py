@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import queue
 import re
+import threading
 import zlib
 from typing import Any, Iterable, Iterator
 
@@ -28,7 +30,7 @@ except ImportError:  # pragma: no cover - isal is a dependency, but optional at 
     _isal = None
 
 __all__ = ["BLOCK_BYTES", "DEFAULT_MAX_RECORD_BYTES", "TOO_LARGE", "TOO_LARGE_RAW_BYTES",
-           "Gunzip", "decompress", "split_units", "stream_units"]
+           "Gunzip", "Prefetch", "decompress", "split_units", "stream_units"]
 
 #: Bytes read from a source, and inflated from gzip, per step.
 BLOCK_BYTES = 4 << 20
@@ -127,6 +129,74 @@ class Gunzip:
             self.error = f"{size} bytes of non-gzip data after the stream"
 
 
+class Prefetch:
+    """Iterate over ``items`` in a background thread, at most ``depth`` items ahead.
+
+    Reading a source and inflating it (ISA-L and zlib release the GIL, and so does waiting
+    for S3) then overlap with decoding the blocks already inflated. Memory grows by at most
+    ``depth`` items. An exception raised by ``items`` is raised again by the iteration;
+    ``close()`` (or leaving the ``with`` block) stops the thread early. Attributes that
+    ``items`` sets while it runs (``Gunzip.error``) may be read once the iteration ended.
+    """
+
+    _END = object()
+
+    def __init__(self, items: Iterable[Any], depth: int = 2):
+        self._items = items
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sesbeam-prefetch",
+                                        daemon=True)
+        self._started = False
+
+    def _put(self, entry) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(entry, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        try:
+            for item in self._items:
+                if not self._put((item, None)):
+                    return
+        except BaseException as e:  # noqa: BLE001 - handed to the consuming thread
+            self._put((self._END, e))
+            return
+        self._put((self._END, None))
+
+    def __iter__(self) -> Iterator[Any]:
+        if self._started:
+            raise RuntimeError("a Prefetch is iterated once")
+        self._started = True
+        self._thread.start()
+        try:
+            while True:
+                item, error = self._queue.get()
+                if item is self._END:
+                    if error is not None:
+                        raise error
+                    return
+                yield item
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stop the thread (after the item it is reading) and wait for it."""
+        self._stop.set()
+        if self._started:
+            self._thread.join()
+
+    def __enter__(self) -> "Prefetch":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def _inflater(member: bytes):
     """An inflater for the gzip member starting ``member``: ISA-L (about twice zlib's
     speed) when installed and the header is plain deflate without reserved flags (which
@@ -172,10 +242,13 @@ def stream_units(blocks: Iterable[bytes], max_unit: int = DEFAULT_MAX_RECORD_BYT
         raise ValueError("max_unit must be positive")
     blocks = iter(blocks)
     window = max(3 * max_unit, BLOCK_BYTES)
-    tail, base, line_start, eof = b"", 0, True, False
+    tail, base, line_start, eof, fill = b"", 0, True, False, False
     while True:
+        # A pass takes one more block and yields the whole NDJSON lines it holds, so that
+        # decoding keeps pace with reading (see ``Prefetch``). When it finds none, or stops
+        # at anything else, the next pass fills the window and cuts as described above.
         parts, size = [tail], len(tail)
-        while not eof and size < window:
+        while not eof and size < window and (fill or len(parts) < 2):
             block = next(blocks, None)
             if block is None:
                 eof = True
@@ -184,12 +257,16 @@ def stream_units(blocks: Iterable[bytes], max_unit: int = DEFAULT_MAX_RECORD_BYT
                 size += len(block)
         data = b"".join(parts) if len(parts) > 1 else tail
         splitter = _Splitter(data, final=eof, max_unit=max_unit, line_start=line_start,
-                             bom=base == 0, base=base)
-        yield from splitter.units()
+                             bom=base == 0, base=base, lines_only=not fill and size < window)
+        found = 0
+        for unit in splitter.units():
+            found += 1
+            yield unit
         if eof and splitter.skip is None:
             return
         pos = splitter.stop
         if splitter.skip is None:  # stopped at the horizon: keep the rest for the next pass
+            fill = not found or splitter.wants_window
             tail, base, line_start = data[pos:], base + pos, splitter.line_start
             continue
         # A unit too large for the window: skip it, hashing it, to the end of its line
@@ -215,7 +292,7 @@ def stream_units(blocks: Iterable[bytes], max_unit: int = DEFAULT_MAX_RECORD_BYT
         yield start, prefix, None, _too_large(length, max_unit, digest.hexdigest(), mode)
         if eof and not tail:
             return
-        base, line_start = start + length, True
+        base, line_start, fill = start + length, True, False
 
 
 def _too_large(length: int, limit: int, sha256: str, to: str | None = None) -> str:
@@ -235,9 +312,15 @@ class _Splitter:
     """
 
     def __init__(self, data: bytes, *, final: bool, max_unit: int, line_start: bool,
-                 bom: bool, base: int = 0):
+                 bom: bool, base: int = 0, lines_only: bool = False):
         self.data, self.final, self.max_unit, self.base = data, final, max_unit, base
         self.horizon = len(data) if final else len(data) - max_unit
+        # ``lines_only``: a quick pass over part of a window. It yields only what a full
+        # pass would yield first (whole lines at a line start that parse as JSON and are
+        # within the limit) and stops at anything else, with ``wants_window`` when the
+        # unit there needs a full pass.
+        self.lines_only = lines_only and not final
+        self.wants_window = False
         self.pos = 3 if bom and data.startswith(_BOM) else 0
         self.prev_end = -1 if line_start else 0  # where the previous unit ended
         self.stop, self.line_start, self.skip = len(data), True, None
@@ -265,11 +348,25 @@ class _Splitter:
             if pos >= n:
                 self.stop, self.line_start = n, at_line_start
                 return
+            if eol < pos:  # a long line holds many units (Firehose): find its end once
+                eol = _line_end(data, pos)
+            if self.lines_only:
+                value = None
+                if at_line_start and eol < n and not self._big(pos, eol):
+                    try:
+                        value = orjson.loads(view[pos:eol])
+                    except orjson.JSONDecodeError:
+                        pass
+                if value is None:  # (a JSON null line is left to the full pass too)
+                    self.stop, self.line_start = pos, at_line_start
+                    self.wants_window = eol < n
+                    return
+                yield base + pos, view[pos:eol], value, None
+                prev_end, pos = eol, eol + 1
+                continue
             if pos >= self.horizon:
                 self.stop, self.line_start = pos, at_line_start
                 return
-            if eol < pos:  # a long line holds many units (Firehose): find its end once
-                eol = _line_end(data, pos)
             open_line = eol == n and not self.final  # the line goes on past the window
             if at_line_start and not open_line:
                 try:
@@ -312,7 +409,7 @@ class _Splitter:
                     return
                 yield (self._too_large(pos, stop) if self._big(pos, stop) else
                        (base + pos, data[pos:stop].rstrip(b"\r"), None,
-                        f"{type(e).__name__}: {e}"[:500]))
+                        _scan_error(e, pos)))
                 prev_end, pos = stop, stop + 1
                 continue
             if self._big(pos, end):
@@ -325,6 +422,14 @@ class _Splitter:
                 else:
                     yield base + pos, view[pos:end], value, None
             prev_end = pos = end
+
+
+def _scan_error(e: Exception, start: int) -> str:
+    """The scanner's error for the value at ``start``, its position counted within the value
+    (the same however the stream was cut into passes)."""
+    if isinstance(e, json.JSONDecodeError):
+        return f"JSONDecodeError: {e.msg} at byte {e.pos - start} of the record"[:500]
+    return f"{type(e).__name__}: {e}"[:500]
 
 
 def _concatenated(view: memoryview, data: bytes, pos: int, eol: int,

@@ -38,6 +38,7 @@ from sesbeam.transforms.containers import (
     DEFAULT_MAX_RECORD_BYTES,
     TOO_LARGE,
     Gunzip,
+    Prefetch,
     decompress,
     split_units,
     stream_units,
@@ -496,13 +497,16 @@ def decode_stream(uri: str, chunks: Iterable[bytes] | None, mtime_ms: int | None
         return
     collecting = gc.isenabled()
     gc.disable()  # decoding allocates millions of acyclic objects: GC passes cost ~20%
+    reader = _Reader(chunks)
+    inflated = Gunzip(reader)
+    # Reading and inflating run in a thread of their own, ahead of the decoding.
+    prefetched = Prefetch(inflated)
     try:
-        reader = _Reader(chunks)
-        inflated = Gunzip(reader)
-        head = _Head(inflated, max_record_bytes)
+        head = _Head(prefetched, max_record_bytes)
         try:
             yield from _decode_units(decoder, stream_units(head, max_record_bytes), head)
         except Exception as e:  # noqa: BLE001 - bad input must never stop a run
+            prefetched.close()
             if isinstance(e, IOError) and fail_on_unreadable:
                 raise
             _LOG.exception("decoding %s failed", uri)
@@ -526,6 +530,7 @@ def decode_stream(uri: str, chunks: Iterable[bytes] | None, mtime_ms: int | None
         yield from decoder.take(final=True)
         yield "tally", decoder.tally(reader.nbytes)
     finally:
+        prefetched.close()
         if collecting:
             gc.enable()
 

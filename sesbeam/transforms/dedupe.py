@@ -21,7 +21,6 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
-from sesbeam.schemas import MESSAGES, wire
 from sesbeam.transforms._arrow import pack, partition, to_batches, unpack
 
 __all__ = ["DeduplicateMessages", "bucket_of", "dedupe_table", "merge_rows"]
@@ -65,25 +64,25 @@ def dedupe_table(table: pa.Table) -> tuple[pa.Table, int]:
     n = table.num_rows
     if n == 0:
         return table, 0
+    # Most ids occur once: find the repeated ones with a hash count and sort only their rows.
+    counts = pc.value_counts(table.column("message_id"))
+    repeated = counts.field("values").filter(pc.greater(counts.field("counts"), 1))
+    if len(repeated) == 0:
+        return table, 0
+    in_repeated = pc.is_in(table.column("message_id"), value_set=repeated)
+    unique = table.filter(pc.invert(in_repeated))
+    table = table.filter(in_repeated)
+    n = table.num_rows
     order = pc.sort_indices(table, sort_keys=[
         ("message_id", "ascending"), ("source_uri", "ascending"), ("source_record", "ascending")])
     table = table.take(order)
     ids = table.column("message_id").combine_chunks()
     starts = np.flatnonzero(np.concatenate(
         ([True], pc.not_equal(ids[1:], ids[:-1]).to_numpy(zero_copy_only=False))))
-    if len(starts) == n:
-        return table, 0
-    sizes = np.diff(np.append(starts, n))
-    single = table.take(pa.array(starts[sizes == 1]))
-    multi_starts, multi_sizes = starts[sizes > 1], sizes[sizes > 1]
-    multi_rows = table.take(pa.array(np.concatenate(
-        [np.arange(s, s + k) for s, k in zip(multi_starts, multi_sizes)]))).to_pylist()
-    merged, i = [], 0
-    for k in multi_sizes:
-        merged.append(merge_rows(multi_rows[i:i + k]))
-        i += k
-    result = pa.concat_tables([single, pa.Table.from_pylist(merged, schema=wire(MESSAGES))])
-    return result, n - result.num_rows
+    rows = table.to_pylist()
+    merged = [merge_rows(rows[s:e]) for s, e in zip(starts, np.append(starts[1:], n))]
+    merged = pa.Table.from_pylist(merged, schema=table.schema)
+    return pa.concat_tables([unique, merged]), n - merged.num_rows
 
 
 def _split_by_bucket(batch: pa.RecordBatch, buckets: int):
