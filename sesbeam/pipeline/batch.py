@@ -9,7 +9,12 @@ from datetime import datetime, timezone
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, TestOptions
+from apache_beam.options.pipeline_options import (
+    DirectOptions,
+    PipelineOptions,
+    StandardOptions,
+    TestOptions,
+)
 
 from sesbeam.pipeline.options import BatchOptions, parse_duration
 from sesbeam.schemas import SCHEMA_VERSION
@@ -29,14 +34,25 @@ from sesbeam.transforms import (
     WriteTable,
 )
 
-__all__ = ["DEFAULT_LOCAL_RUNNER", "UsageError", "build_batch", "new_run_id", "read_summary",
-           "run_batch", "security_from_options"]
+__all__ = ["DEFAULT_LOCAL_RUNNER", "UsageError", "build_batch", "local_runner", "new_run_id",
+           "read_summary", "run_batch", "security_from_options"]
 
 _LOG = logging.getLogger(__name__)
 
 #: The runner used when none is given: Beam's in-process portable runner. Naming it skips
 #: the DirectRunner's attempt to download and start Prism, which cannot succeed offline.
 DEFAULT_LOCAL_RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
+
+#: Flush period of the FnApiRunner's ``multi_threading`` workers: longer than any bundle.
+#: Beam (2.77) starts these workers (threads of this process, talking to the runner over
+#: gRPC) with a 1 s periodic flush of each bundle's output streams, run by a thread of its
+#: own. That flush sends the stream's bytes, then empties the stream
+#: (``data_plane.SizeBasedBufferingClosableOutputStream.flush``: ``get()``, the send,
+#: ``_clear()``); only other flushes are locked out, so whatever the bundle writes in
+#: between is dropped, whole elements, without an error. Without the periodic flush the
+#: streams are flushed by size and at the end of the bundle, by the bundle's own thread,
+#: as the in-process and ``multi_processing`` workers always do.
+NO_PERIODIC_FLUSH_MS = 2**31 - 1
 
 
 def new_run_id() -> str:
@@ -97,6 +113,32 @@ def build_batch(pipeline: beam.Pipeline, inputs: list[str], output: str, *, wind
     return tallies | CommitOutput(output, staging, replace=not incremental, **context)
 
 
+def local_runner(options: PipelineOptions):
+    """The runner instance to give ``beam.Pipeline``, or None for the one ``options`` name.
+
+    Only the FnApiRunner with ``--direct_running_mode multi_threading`` gets an instance:
+    the same in-process gRPC workers without Beam's periodic flush, which loses elements
+    (``NO_PERIODIC_FLUSH_MS``). Beam's ``run_pipeline`` replaces the workers' environment
+    whenever the mode is ``multi_threading``, so the mode is unset here; the number of
+    workers (``--direct_num_workers``) still applies.
+    """
+    direct = options.view_as(DirectOptions)
+    name = options.view_as(StandardOptions).runner
+    if (direct.direct_running_mode != "multi_threading" or not isinstance(name, str)
+            or name.rsplit(".", 1)[-1].lower() not in ("fnapirunner", "fnapi")):
+        return None
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+    from apache_beam.transforms.environments import (
+        EmbeddedPythonGrpcEnvironment,
+        python_sdk_capabilities,
+    )
+
+    direct.direct_running_mode = None
+    return FnApiRunner(default_environment=EmbeddedPythonGrpcEnvironment(
+        data_buffer_time_limit_ms=NO_PERIODIC_FLUSH_MS,
+        capabilities=python_sdk_capabilities(), artifacts=()))
+
+
 def security_from_options(opts) -> tuple[CertificateStore | None, PrivacyPolicy | None]:
     """The certificate store and privacy policy the options ask for (usage errors exit 2)."""
     certificates = None
@@ -155,7 +197,7 @@ def run_batch(argv: list[str] | None = None) -> dict:
     dry_run = options.view_as(TestOptions).dry_run
     if not dry_run:
         recover(batch.output)  # finish a commit a crash interrupted; drop abandoned staging
-    with beam.Pipeline(options=options) as pipeline:
+    with beam.Pipeline(runner=local_runner(options), options=options) as pipeline:
         build_batch(pipeline, batch.input, batch.output, window_s=window_s, run_id=run_id,
                     dedupe_buckets=batch.dedupe_buckets, certificates=certificates,
                     privacy=privacy, fail_on_unreadable=batch.fail_on_unreadable,

@@ -44,6 +44,7 @@ from apache_beam.transforms import window as beam_window
 from sesbeam.pipeline.batch import (
     DEFAULT_LOCAL_RUNNER,
     UsageError,
+    local_runner,
     new_run_id,
     read_summary,
     security_from_options,
@@ -314,7 +315,7 @@ def run_stream(argv: list[str] | None = None) -> dict:
     run_id = shared.run_id or new_run_id()
     certificates, privacy = security_from_options(shared)
     recovery = recover(shared.output) if drain else None
-    with beam.Pipeline(options=options) as pipeline:
+    with beam.Pipeline(runner=local_runner(options), options=options) as pipeline:
         source = pipeline | "ReadFromSqs" >> ReadFromSqs(
             list(opts.queue_url), idle_timeout_s=opts.idle_timeout,
             readers_per_queue=opts.readers_per_queue,
