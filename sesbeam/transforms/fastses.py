@@ -38,7 +38,7 @@ if AVAILABLE:
     _Strs = Union[list[str], None]
     _Addresses = Union[list[str], str, None]
 
-    class _Struct(msgspec.Struct, forbid_unknown_fields=True):
+    class _Struct(msgspec.Struct, forbid_unknown_fields=True, gc=False):
         pass
 
     class _Status(_Struct):
