@@ -87,6 +87,10 @@ def test_local_runner_only_replaces_multi_threading_fn_api_runner():
                                          "--direct_running_mode=multi_processing"])) is None
     assert local_runner(PipelineOptions(["--runner=PortableRunner",
                                          "--direct_running_mode=multi_threading"])) is None
+    assert local_runner(PipelineOptions(["--runner=DirectRunner", "--streaming",
+                                         "--direct_running_mode=multi_threading"])) is None
+    assert isinstance(local_runner(PipelineOptions(
+        ["--runner=DirectRunner", "--direct_running_mode=multi_threading"])), FnApiRunner)
     options = PipelineOptions(["--runner=FnApiRunner", "--direct_num_workers=2",
                                "--direct_running_mode=multi_threading"])
     runner = local_runner(options)

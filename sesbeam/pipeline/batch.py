@@ -118,14 +118,19 @@ def local_runner(options: PipelineOptions):
 
     Only the FnApiRunner with ``--direct_running_mode multi_threading`` gets an instance:
     the same in-process gRPC workers without Beam's periodic flush, which loses elements
-    (``NO_PERIODIC_FLUSH_MS``). Beam's ``run_pipeline`` replaces the workers' environment
-    whenever the mode is ``multi_threading``, so the mode is unset here; the number of
-    workers (``--direct_num_workers``) still applies.
+    (``NO_PERIODIC_FLUSH_MS``). So does the DirectRunner in that mode for a batch pipeline
+    (it would run it on the FnApiRunner, with those workers). Beam's ``run_pipeline``
+    replaces the workers' environment whenever the mode is ``multi_threading``, so the mode
+    is unset here; the number of workers (``--direct_num_workers``) still applies.
     """
     direct = options.view_as(DirectOptions)
-    name = options.view_as(StandardOptions).runner
-    if (direct.direct_running_mode != "multi_threading" or not isinstance(name, str)
-            or name.rsplit(".", 1)[-1].lower() not in ("fnapirunner", "fnapi")):
+    standard = options.view_as(StandardOptions)
+    name = standard.runner
+    if direct.direct_running_mode != "multi_threading" or not isinstance(name, str):
+        return None
+    name = name.rsplit(".", 1)[-1].lower()
+    direct_batch = name in ("directrunner", "direct") and not standard.streaming
+    if name not in ("fnapirunner", "fnapi") and not direct_batch:
         return None
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner
     from apache_beam.transforms.environments import (
