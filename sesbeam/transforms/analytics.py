@@ -50,15 +50,18 @@ def _eq(column: pa.ChunkedArray | pa.Array, value: str) -> pa.Array:
 def verdict_partial(batch: pa.RecordBatch | pa.Table) -> pa.Table:
     """Messages per (verdict, status) in ``batch``; WorkMail rows are left out."""
     table = pa.table(batch) if isinstance(batch, pa.RecordBatch) else batch
-    table = table.filter(pc.not_equal(table.column("envelope"), "workmail"))
+    columns = [f"{verdict}_verdict" for verdict in VERDICTS]
+    envelope = table.column("envelope")
+    table = table.select(columns)  # filter only the columns counted
+    if pc.any(pc.equal(envelope, "workmail")).as_py():
+        table = table.filter(pc.not_equal(envelope, "workmail"))
     parts = []
-    for verdict in VERDICTS:
-        counts = (pa.table({"status": table.column(f"{verdict}_verdict")})
-                  .group_by("status").aggregate([([], "count_all")]))
+    for verdict, column in zip(VERDICTS, columns):
+        counts = pc.value_counts(table.column(column))
         parts.append(pa.table({
-            "verdict": pa.array([verdict] * counts.num_rows, pa.string()),
-            "status": counts.column("status"),
-            "messages": counts.column("count_all"),
+            "verdict": pa.array([verdict] * len(counts), pa.string()),
+            "status": counts.field("values"),
+            "messages": counts.field("counts"),
         }, schema=_VERDICT_PARTIAL))
     return pa.concat_tables(parts)
 
@@ -77,29 +80,47 @@ def verdict_merge(tables: list[pa.Table]) -> pa.Table:
 def sender_partial(batch: pa.RecordBatch | pa.Table) -> pa.Table:
     """Per-sender-domain counts, first and last seen of ``batch``."""
     t = pa.table(batch) if isinstance(batch, pa.RecordBatch) else batch
-    dmarc_fail = _eq(t.column("dmarc_verdict"), "FAIL")
-    policy = t.column("dmarc_policy")
+    if t.num_rows == 0:
+        return _SENDER_PARTIAL.empty_table()
+    # One code per sender domain (null included), then every count is a bincount.
+    encoded = pc.dictionary_encode(t.column("sender_domain").combine_chunks(),
+                                   null_encoding="encode")
+    codes = encoded.indices.to_numpy(zero_copy_only=False)
+    k = len(encoded.dictionary)
+
+    def count(mask) -> np.ndarray:
+        return np.bincount(codes, weights=mask, minlength=k).astype(np.int64)
+
+    def eq(name: str, value: str) -> np.ndarray:
+        return _eq(t.column(name), value).to_numpy()
+
+    dmarc_fail = eq("dmarc_verdict", "FAIL")
     columns = {
-        "sender_domain": t.column("sender_domain"),
-        "messages": pa.array(np.ones(t.num_rows, dtype=np.int64)),
-        "recipients": pc.cast(pc.fill_null(pc.list_value_length(t.column("recipients")), 0),
-                              pa.int64()),
-        "spam_fail": _eq(t.column("spam_verdict"), "FAIL"),
-        "spam_gray": _eq(t.column("spam_verdict"), "GRAY"),
-        "virus_fail": _eq(t.column("virus_verdict"), "FAIL"),
-        "spf_fail": _eq(t.column("spf_verdict"), "FAIL"),
-        "spf_gray": _eq(t.column("spf_verdict"), "GRAY"),
-        "dkim_fail": _eq(t.column("dkim_verdict"), "FAIL"),
-        "dkim_gray": _eq(t.column("dkim_verdict"), "GRAY"),
-        "dmarc_fail": dmarc_fail,
-        "dmarc_gray": _eq(t.column("dmarc_verdict"), "GRAY"),
-        "dmarc_fail_reject": pc.multiply(dmarc_fail, _eq(policy, "reject")),
-        "dmarc_fail_quarantine": pc.multiply(dmarc_fail, _eq(policy, "quarantine")),
-        "dmarc_fail_none": pc.multiply(dmarc_fail, _eq(policy, "none")),
-        "first_seen": t.column("event_time"),
-        "last_seen": t.column("event_time"),
+        "sender_domain": encoded.dictionary,
+        "messages": np.bincount(codes, minlength=k).astype(np.int64),
+        "recipients": count(pc.fill_null(pc.list_value_length(
+            t.column("recipients")), 0).to_numpy()),
+        "spam_fail": count(eq("spam_verdict", "FAIL")),
+        "spam_gray": count(eq("spam_verdict", "GRAY")),
+        "virus_fail": count(eq("virus_verdict", "FAIL")),
+        "spf_fail": count(eq("spf_verdict", "FAIL")),
+        "spf_gray": count(eq("spf_verdict", "GRAY")),
+        "dkim_fail": count(eq("dkim_verdict", "FAIL")),
+        "dkim_gray": count(eq("dkim_verdict", "GRAY")),
+        "dmarc_fail": count(dmarc_fail),
+        "dmarc_gray": count(eq("dmarc_verdict", "GRAY")),
+        "dmarc_fail_reject": count(dmarc_fail * eq("dmarc_policy", "reject")),
+        "dmarc_fail_quarantine": count(dmarc_fail * eq("dmarc_policy", "quarantine")),
+        "dmarc_fail_none": count(dmarc_fail * eq("dmarc_policy", "none")),
     }
-    return sender_merge([pa.table(columns)])
+    times = epoch_ms(t.column("event_time"))
+    first = np.full(k, np.iinfo(np.int64).max, dtype=np.int64)
+    last = np.full(k, np.iinfo(np.int64).min, dtype=np.int64)
+    np.minimum.at(first, codes, times)
+    np.maximum.at(last, codes, times)
+    columns["first_seen"] = pa.array(first).cast(TS)
+    columns["last_seen"] = pa.array(last).cast(TS)
+    return pa.table(columns, schema=_SENDER_PARTIAL)
 
 
 def sender_merge(tables: list[pa.Table]) -> pa.Table:
