@@ -18,7 +18,7 @@ from sesbeam.transforms.analytics import (
     verdict_partial,
     with_window,
 )
-from sesbeam.transforms.dedupe import bucket_of, dedupe_table
+from sesbeam.transforms.dedupe import bucket_of, dedupe_table, merge_rows
 
 STATUSES = ["PASS", "FAIL", "GRAY", "PROCESSING_FAILED", None, "DISABLED"]
 
@@ -84,6 +84,34 @@ def test_dedupe_is_order_independent():
     b, _ = dedupe_table(table(rows))
     key = [("message_id", "ascending")]
     assert a.sort_by(key).equals(b.sort_by(key))
+
+
+def test_dedupe_equals_merging_rows_one_message_at_a_time():
+    """The vectorised merge against ``merge_rows``, with awkward lists and S3 fields: null
+    and empty lists, null and repeated items, a bucket without a key, several notifications
+    in a file."""
+    rng = random.Random(11)
+    rows = make_rows(3000, seed=12, dup_rate=0.5)
+    for r in rows:
+        r["recipients"] = rng.choice([None, [], ["r1", None], ["r2", "r2", "r1"],
+                                      r["recipients"]])
+        r["actions"] = rng.choice([None, [], r["actions"], ["SNS", "S3", "SNS"]])
+        r["notifications"] = rng.randint(1, 3)
+        if rng.random() < 0.2:
+            r["s3_bucket"], r["s3_object_key"] = "only-bucket", None
+        r["source_uri"] = f"file:///{rng.randrange(2)}"
+        r["source_record"] = rng.randrange(50)
+    out, duplicates = dedupe_table(table(rows))
+    by_id = defaultdict(list)
+    for r in sorted(rows, key=lambda r: (r["message_id"], r["source_uri"], r["source_record"])):
+        by_id[r["message_id"]].append(r)
+    # (a message with one notification keeps its row as it is)
+    want = {mid: merge_rows(group) if len(group) > 1 else group[0]
+            for mid, group in by_id.items()}
+    got = {r["message_id"]: r for r in out.to_pylist()}
+    assert duplicates == len(rows) - len(want) and got.keys() == want.keys()
+    for mid, r in want.items():
+        assert got[mid] == table([r]).to_pylist()[0], mid
 
 
 def test_dedupe_without_duplicates_is_identity():

@@ -65,6 +65,7 @@ def dedupe_table(table: pa.Table) -> tuple[pa.Table, int]:
     if n == 0:
         return table, 0
     # Most ids occur once: find the repeated ones with a hash count and sort only their rows.
+    table = table.combine_chunks()  # the parts of a shuffle: many small chunks
     counts = pc.value_counts(table.column("message_id"))
     repeated = counts.field("values").filter(pc.greater(counts.field("counts"), 1))
     if len(repeated) == 0:
@@ -79,10 +80,48 @@ def dedupe_table(table: pa.Table) -> tuple[pa.Table, int]:
     ids = table.column("message_id").combine_chunks()
     starts = np.flatnonzero(np.concatenate(
         ([True], pc.not_equal(ids[1:], ids[:-1]).to_numpy(zero_copy_only=False))))
-    rows = table.to_pylist()
-    merged = [merge_rows(rows[s:e]) for s, e in zip(starts, np.append(starts[1:], n))]
-    merged = pa.Table.from_pylist(merged, schema=table.schema)
+    merged = _merge_groups(table, starts)
     return pa.concat_tables([unique, merged]), n - merged.num_rows
+
+
+def _merge_groups(table: pa.Table, starts: np.ndarray) -> pa.Table:
+    """``merge_rows`` over every group of ``table``, vectorised: the rows of a group are
+    consecutive, in source order, and ``starts`` holds where each group starts."""
+    n, groups = table.num_rows, len(starts)
+    group = np.repeat(np.arange(groups), np.diff(np.append(starts, n)))
+    merged = table.take(pa.array(starts))
+    schema = merged.schema
+    valid = pc.is_valid(table.column("s3_object_key")).to_numpy(zero_copy_only=False)
+    first_s3 = np.minimum.reduceat(np.where(valid, np.arange(n), n), starts)
+    s3_source = pa.array(np.where(first_s3 < n, first_s3, starts))
+    notifications = np.add.reduceat(
+        table.column("notifications").to_numpy().astype(np.int64), starts)
+    replaced = {
+        "recipients": _ordered_union(table.column("recipients"), group, groups),
+        "actions": _ordered_union(table.column("actions"), group, groups),
+        "s3_bucket": table.column("s3_bucket").take(s3_source),
+        "s3_object_key": table.column("s3_object_key").take(s3_source),
+        "notifications": pa.array(notifications),
+    }
+    for name, column in replaced.items():
+        i = schema.get_field_index(name)
+        merged = merged.set_column(i, schema.field(i), column.cast(schema.field(i).type))
+    return merged
+
+
+def _ordered_union(lists: pa.ChunkedArray, group: np.ndarray, groups: int) -> pa.Array:
+    """Per group, the distinct values of its rows' lists in order of first appearance."""
+    lists = lists.combine_chunks()
+    values = pc.list_flatten(lists)
+    owner = group[pc.list_parent_indices(lists).to_numpy()]
+    firsts = pa.table({"g": owner, "v": values, "pos": np.arange(len(values))}).group_by(
+        ["g", "v"], use_threads=False).aggregate([("pos", "min")])
+    order = np.lexsort((firsts.column("pos_min").to_numpy(), firsts.column("g").to_numpy()))
+    counts = np.bincount(firsts.column("g").to_numpy(), minlength=groups)
+    offsets = np.concatenate(([0], np.cumsum(counts))).astype(np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets),
+                                    firsts.column("v").take(pa.array(order)).combine_chunks(),
+                                    type=lists.type)
 
 
 def _split_by_bucket(batch: pa.RecordBatch, buckets: int):
