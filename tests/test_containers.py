@@ -23,7 +23,7 @@ from sesbeam.transforms.containers import (
     split_units,
     stream_units,
 )
-from sesbeam.transforms.decode import SourceFile, decode_source
+from sesbeam.transforms.decode import SourceFile, decode_source, decode_stream
 from tests.test_decode import ndjson, notification
 
 
@@ -144,6 +144,20 @@ def test_a_pretty_document_over_the_limit_is_too_large(records, reach):
     size = len(doc) if not reach else len(data) - data.index(doc)
     assert f"a record of {size} bytes{reach} exceeds" in units[1][3]
     assert len(units) == (3 if not reach else 2)
+
+
+@pytest.mark.parametrize("cut", [None, 5000])
+def test_decoding_with_the_prefetch_thread_gives_the_same_result(cut):
+    data = gzip.compress(mixed_container())
+    data = data if cut is None else data[:cut]  # a cut gzip stream: corrupt_compression
+    results = []
+    for prefetch in (False, True):
+        out = list(decode_stream("s3://b/k.gz", rechunk(data, [1000]), prefetch=prefetch,
+                                 stored_prefix=lambda n: data[:n]))
+        results.append([(name, value if name == "tally" else value.to_pylist())
+                        for name, value in out])
+    assert results[0] == results[1]
+    assert results[0][-1][1]["records"] > (3 if cut else 70)
 
 
 def test_decode_counts_a_too_large_record_as_one_dead_letter():

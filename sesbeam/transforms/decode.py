@@ -463,6 +463,19 @@ class _Reader:
             self.error = e
 
 
+class _Serial:
+    """``Prefetch``'s interface without the thread."""
+
+    def __init__(self, items: Iterable[bytes]):
+        self._items = items
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._items)
+
+    def close(self) -> None:
+        pass
+
+
 class _Head:
     """The first ``limit`` inflated bytes, kept while they may be needed whole."""
 
@@ -489,7 +502,7 @@ def decode_stream(uri: str, chunks: Iterable[bytes] | None, mtime_ms: int | None
                   certificates=None, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES, *,
                   read_error: str | None = None, fail_on_unreadable: bool = False,
                   stored_prefix: Callable[[int], bytes] | None = None,
-                  ) -> Iterator[tuple[str, Any]]:
+                  prefetch: bool = False) -> Iterator[tuple[str, Any]]:
     """Decode one source read as a stream of stored blocks, in bounded memory.
 
     Yields ``("messages", RecordBatch)`` and ``("dead_letters", RecordBatch)`` as they fill,
@@ -497,7 +510,10 @@ def decode_stream(uri: str, chunks: Iterable[bytes] | None, mtime_ms: int | None
     (``read_error`` says why). A read that fails part-way ends the source with an
     ``unreadable_source`` dead letter (or raises, with ``fail_on_unreadable``).
     ``stored_prefix(n)`` gives the first ``n`` stored bytes again, for the dead letter of a
-    corrupt gzip stream.
+    corrupt gzip stream. ``prefetch``: read and inflate in a thread of its own, ahead of the
+    decoding (see ``Prefetch``): worth it when reads wait on the network; for local files
+    and bytes in memory the GIL hand-overs cost more than the overlap gains (measured: ~4 µs
+    per notification more wall time).
     """
     decoder = _SourceDecoder(uri, mtime_ms, certificates)
     if chunks is None:
@@ -514,8 +530,7 @@ def decode_stream(uri: str, chunks: Iterable[bytes] | None, mtime_ms: int | None
     gc.disable()  # decoding allocates millions of acyclic objects: GC passes cost ~20%
     reader = _Reader(chunks)
     inflated = Gunzip(reader)
-    # Reading and inflating run in a thread of their own, ahead of the decoding.
-    prefetched = Prefetch(inflated)
+    prefetched = Prefetch(inflated) if prefetch else _Serial(inflated)
     try:
         head = _Head(prefetched, max_record_bytes)
         try:
@@ -631,7 +646,8 @@ class _DecodeDoFn(beam.DoFn):
             decoded = decode_stream(
                 source.uri, chunks, source.mtime_ms, self._certificates, self._max,
                 read_error=error, fail_on_unreadable=self._fail,
-                stored_prefix=lambda n: _stored_prefix(self._storage, source.uri, n))
+                stored_prefix=lambda n: _stored_prefix(self._storage, source.uri, n),
+                prefetch=_over_network(source.uri))
         else:
             chunks = None if source.data is None else [source.data]
             decoded = decode_stream(source.uri, chunks, source.mtime_ms, self._certificates,
@@ -659,6 +675,10 @@ class _DecodeDoFn(beam.DoFn):
             _LOG.warning("could not read %s: %s", uri, e)
             return None, f"{type(e).__name__}: {e}"
         return _blocks(f), None
+
+
+def _over_network(uri: str) -> bool:
+    return "://" in uri and not uri.startswith("file://")
 
 
 def _blocks(f) -> Iterator[bytes]:
