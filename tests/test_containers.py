@@ -146,10 +146,10 @@ def test_a_pretty_document_over_the_limit_is_too_large(records, reach):
     assert len(units) == (3 if not reach else 2)
 
 
-@pytest.mark.parametrize("cut", [None, 5000])
+@pytest.mark.parametrize("cut", [False, True])
 def test_decoding_with_the_prefetch_thread_gives_the_same_result(cut):
     data = gzip.compress(mixed_container())
-    data = data if cut is None else data[:cut]  # a cut gzip stream: corrupt_compression
+    data = data[:len(data) // 2] if cut else data  # a cut gzip stream: corrupt_compression
     results = []
     for prefetch in (False, True):
         out = list(decode_stream("s3://b/k.gz", rechunk(data, [1000]), prefetch=prefetch,
@@ -157,7 +157,8 @@ def test_decoding_with_the_prefetch_thread_gives_the_same_result(cut):
         results.append([(name, value if name == "tally" else value.to_pylist())
                         for name, value in out])
     assert results[0] == results[1]
-    assert results[0][-1][1]["records"] > (3 if cut else 70)
+    tally = results[0][-1][1]
+    assert tally["records"] > 3 and ("corrupt_compression" in tally["dead_letters"]) == cut
 
 
 def test_decode_counts_a_too_large_record_as_one_dead_letter():
