@@ -32,7 +32,7 @@ import pyarrow as pa
 from sesbeam.schemas import DEAD_LETTERS, wire
 from sesbeam.transforms import fastses
 from sesbeam.transforms._arrow import MAX_BATCH_ROWS
-from sesbeam.transforms._storage import Storage
+from sesbeam.transforms._storage import Storage, is_remote
 from sesbeam.transforms.containers import (
     BLOCK_BYTES,
     DEFAULT_MAX_RECORD_BYTES,
@@ -678,7 +678,7 @@ class _DecodeDoFn(beam.DoFn):
 
 
 def _over_network(uri: str) -> bool:
-    return "://" in uri and not uri.startswith("file://")
+    return is_remote(uri) and not uri.startswith("file://")
 
 
 def _blocks(f) -> Iterator[bytes]:
