@@ -23,6 +23,7 @@ from sesbeam.transforms.containers import (
     split_units,
     stream_units,
 )
+from sesbeam.transforms import fastses
 from sesbeam.transforms.decode import SourceFile, decode_source, decode_stream
 from tests.test_decode import ndjson, notification
 
@@ -159,6 +160,39 @@ def test_decoding_with_the_prefetch_thread_gives_the_same_result(cut):
     assert results[0] == results[1]
     tally = results[0][-1][1]
     assert tally["records"] > 3 and ("corrupt_compression" in tally["dead_letters"]) == cut
+
+
+def test_bare_notifications_decoded_as_they_are_cut_out_equal_the_general_decoder(
+        monkeypatch):
+    """Firehose ``}{`` records and NDJSON lines of bare notifications go to msgspec in the
+    splitter (``fastses.bare_notification``); the result is the general decoder's."""
+    from sesbeam.transforms import decode as decode_module
+
+    odd = notification("odd")
+    odd["mail"]["unknownField"] = 1  # msgspec refuses it: the general decoder takes it
+    def firehose(prefix: str) -> bytes:
+        return b"".join(json.dumps(notification(f"{prefix}{i}")).encode() for i in range(30))
+
+    data = (firehose("f") + json.dumps(odd).encode() + firehose("g") + b"\n"
+            + ndjson(*[notification(f"n{i}") for i in range(5)]) + mixed_container())
+    decoded = []
+
+    def bare(raw):
+        value = fastses.bare_notification(raw)
+        decoded.append(value is not None)
+        return value
+
+    results = []
+    for fast in (None, bare):
+        monkeypatch.setattr(decode_module, "_BARE", fast)
+        d = decode_source(SourceFile("file:///x.json.gz", gzip.compress(data)))
+        results.append(([b.to_pylist() for b in d.messages], d.dead_letters.to_pylist(),
+                         d.tally))
+    assert results[0] == results[1]
+    assert results[1][2]["notifications"] == 30 + 1 + 30 + 5 + 74
+    # every record followed by "}{" (the first line's NDJSON attempt failing, lines are
+    # left to orjson for the rest of the source)
+    assert sum(decoded) == 30 + 29 + 39
 
 
 def test_decode_counts_a_too_large_record_as_one_dead_letter():

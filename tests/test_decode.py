@@ -317,7 +317,7 @@ def test_unexpected_failure_in_a_unit_dead_letters_that_unit_only(monkeypatch):
 def test_unexpected_failure_of_the_splitter_dead_letters_the_rest(monkeypatch):
     from sesbeam.transforms import decode as decode_module
 
-    def broken(blocks, max_unit):
+    def broken(blocks, max_unit, fast=None):
         for block in blocks:
             yield 0, block, orjson.loads(block.split(b"\n")[0]), None
             raise RuntimeError("bug")

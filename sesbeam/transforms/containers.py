@@ -20,7 +20,7 @@ import queue
 import re
 import threading
 import zlib
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import orjson
 
@@ -47,6 +47,8 @@ _GZIP_MAGIC = b"\x1f\x8b"
 _BOM = b"\xef\xbb\xbf"
 _SPACE = re.compile(rb"[ \t\r\n]*")
 _DECODER = json.JSONDecoder()
+#: What ``_Splitter._line`` returns for a line that is not one JSON value.
+_NOT_ONE_VALUE = object()
 #: ``}{`` inside strings is rare; after this many false candidates, scan properly instead.
 _MAX_BOUNDARY_TRIES = 8
 
@@ -226,6 +228,7 @@ def split_units(data: bytes) -> Iterator[tuple[int, bytes | memoryview, Any, str
 
 
 def stream_units(blocks: Iterable[bytes], max_unit: int = DEFAULT_MAX_RECORD_BYTES,
+                 fast: Callable[[memoryview], Any] | None = None,
                  ) -> Iterator[tuple[int, bytes | memoryview, Any, str | None]]:
     """Top-level JSON values of a container read in blocks: ``(offset, raw, value, error)``.
 
@@ -237,12 +240,18 @@ def stream_units(blocks: Iterable[bytes], max_unit: int = DEFAULT_MAX_RECORD_BYT
     than ``max_unit`` yields an error starting with ``TOO_LARGE`` and only its first
     ``TOO_LARGE_RAW_BYTES`` bytes. ``raw`` may be a zero-copy view (``bytes(raw)`` when it
     must be kept). Offsets count from the start of the stream.
+
+    ``fast(raw)``: a decoder to try before the generic JSON parse of a unit whose bounds are
+    being checked (a line, or a ``}{`` candidate): what it returns, unless None, is the
+    unit's value, and must only be returned for bytes that are one valid JSON value. On
+    NDJSON lines it is tried until it first returns None, then left out for the rest.
     """
     if max_unit < 1:
         raise ValueError("max_unit must be positive")
     blocks = iter(blocks)
     window = max(3 * max_unit, BLOCK_BYTES)
     tail, base, line_start, eof, fill = b"", 0, True, False, False
+    fast_lines = fast
     while True:
         # A pass takes one more block and yields the whole NDJSON lines it holds, so that
         # decoding keeps pace with reading (see ``Prefetch``). When it finds none, or stops
@@ -257,11 +266,13 @@ def stream_units(blocks: Iterable[bytes], max_unit: int = DEFAULT_MAX_RECORD_BYT
                 size += len(block)
         data = b"".join(parts) if len(parts) > 1 else tail
         splitter = _Splitter(data, final=eof, max_unit=max_unit, line_start=line_start,
-                             bom=base == 0, base=base, lines_only=not fill and size < window)
+                             bom=base == 0, base=base, lines_only=not fill and size < window,
+                             fast=fast, fast_lines=fast_lines)
         found = 0
         for unit in splitter.units():
             found += 1
             yield unit
+        fast_lines = splitter.fast_lines
         if eof and splitter.skip is None:
             return
         pos = splitter.stop
@@ -312,8 +323,11 @@ class _Splitter:
     """
 
     def __init__(self, data: bytes, *, final: bool, max_unit: int, line_start: bool,
-                 bom: bool, base: int = 0, lines_only: bool = False):
+                 bom: bool, base: int = 0, lines_only: bool = False,
+                 fast: Callable[[memoryview], Any] | None = None,
+                 fast_lines: Callable[[memoryview], Any] | None = None):
         self.data, self.final, self.max_unit, self.base = data, final, max_unit, base
+        self.fast, self.fast_lines = fast, fast_lines
         self.horizon = len(data) if final else len(data) - max_unit
         # ``lines_only``: a quick pass over part of a window. It yields only what a full
         # pass would yield first (whole lines at a line start that parse as JSON and are
@@ -324,6 +338,18 @@ class _Splitter:
         self.pos = 3 if bom and data.startswith(_BOM) else 0
         self.prev_end = -1 if line_start else 0  # where the previous unit ended
         self.stop, self.line_start, self.skip = len(data), True, None
+
+    def _line(self, raw: memoryview) -> Any:
+        """The value of a whole line, or ``_NOT_ONE_VALUE``."""
+        if self.fast_lines is not None:
+            value = self.fast_lines(raw)
+            if value is not None:
+                return value
+            self.fast_lines = None
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return _NOT_ONE_VALUE
 
     def _big(self, pos: int, end: int) -> bool:
         return end - pos > self.max_unit
@@ -351,13 +377,10 @@ class _Splitter:
             if eol < pos:  # a long line holds many units (Firehose): find its end once
                 eol = _line_end(data, pos)
             if self.lines_only:
-                value = None
+                value = _NOT_ONE_VALUE
                 if at_line_start and eol < n and not self._big(pos, eol):
-                    try:
-                        value = orjson.loads(view[pos:eol])
-                    except orjson.JSONDecodeError:
-                        pass
-                if value is None:  # (a JSON null line is left to the full pass too)
+                    value = self._line(view[pos:eol])
+                if value is _NOT_ONE_VALUE:
                     self.stop, self.line_start = pos, at_line_start
                     self.wants_window = eol < n
                     return
@@ -369,16 +392,13 @@ class _Splitter:
                 return
             open_line = eol == n and not self.final  # the line goes on past the window
             if at_line_start and not open_line:
-                try:
-                    value = orjson.loads(view[pos:eol])
-                except orjson.JSONDecodeError:
-                    pass
-                else:
+                value = self._line(view[pos:eol])
+                if value is not _NOT_ONE_VALUE:
                     yield (self._too_large(pos, eol) if self._big(pos, eol)
                            else (base + pos, view[pos:eol], value, None))
                     prev_end, pos = eol, eol + 1
                     continue
-            end, value = _concatenated(view, data, pos, eol, memo)
+            end, value = _concatenated(view, data, pos, eol, memo, self.fast)
             if end is not None:
                 yield (self._too_large(pos, end) if self._big(pos, end)
                        else (base + pos, view[pos:end], value, None))
@@ -433,7 +453,8 @@ def _scan_error(e: Exception, start: int) -> str:
 
 
 def _concatenated(view: memoryview, data: bytes, pos: int, eol: int,
-                  memo: dict) -> tuple[int | None, Any]:
+                  memo: dict, fast: Callable[[memoryview], Any] | None = None,
+                  ) -> tuple[int | None, Any]:
     """End and value of the object at ``pos`` when another follows with no delimiter.
 
     Firehose writes records back to back (``}{``): try the candidate boundaries in this
@@ -452,6 +473,10 @@ def _concatenated(view: memoryview, data: bytes, pos: int, eol: int,
             memo["from"] = search
         if boundary < 0:
             break
+        if fast is not None:
+            value = fast(view[pos:boundary + 1])
+            if value is not None:
+                return boundary + 1, value
         try:
             return boundary + 1, orjson.loads(view[pos:boundary + 1])
         except orjson.JSONDecodeError:

@@ -103,6 +103,8 @@ _JSON_DEPTH = 2000
 #: Dead letters are emitted in batches of at most this many rows or raw bytes.
 _DEAD_BATCH_ROWS = 4096
 _DEAD_BATCH_BYTES = 64 << 20
+#: Bare receipt notifications (Firehose, NDJSON) decoded by msgspec as they are cut out.
+_BARE = fastses.bare_notification if fastses.AVAILABLE else None
 
 
 class SourceFile(NamedTuple):
@@ -250,12 +252,17 @@ class _SourceDecoder:
         }
 
     # -- layers ---------------------------------------------------------------------------
-    def unit(self, offset: int, raw: bytes | memoryview, value: Any) -> None:
+    def unit(self, offset: int, raw: bytes | memoryview, value: Any) -> bool:
+        """Decode one top-level unit. True when it was one bare notification (a row)."""
+        if type(value) is fastses.BareNotification:
+            self.add_row(value.row(self.uri, self.records))
+            return True
         if isinstance(value, list):  # a JSON array container: each element is a unit
             for i, item in enumerate(value):
                 self.top(item, offset, i, lambda item=item: _dumps(item))
         else:
             self.top(value, offset, None, lambda: bytes(raw).rstrip(b"\r"))
+        return False
 
     def top(self, value: Any, offset: int, record: int | None, raw: Callable[[], bytes]) -> None:
         if not isinstance(value, dict):
@@ -534,7 +541,8 @@ def decode_stream(uri: str, chunks: Iterable[bytes] | None, mtime_ms: int | None
     try:
         head = _Head(prefetched, max_record_bytes)
         try:
-            yield from _decode_units(decoder, stream_units(head, max_record_bytes), head)
+            units = stream_units(head, max_record_bytes, fast=_BARE)
+            yield from _decode_units(decoder, units, head)
         except Exception as e:  # noqa: BLE001 - bad input must never stop a run
             prefetched.close()
             if isinstance(e, IOError) and fail_on_unreadable:
@@ -571,14 +579,16 @@ def _decode_units(decoder: _SourceDecoder, units, head: _Head):
     holding = True  # no unit parsed yet, and what was seen may still be one dead letter
     fast = fastses.AVAILABLE and decoder.certificates is None
     for offset, raw, value, error in units:
-        if fast and not holding and not bad and type(value) is dict and \
-                decoder.fast_sns(value):
-            # The common unit, an SNS envelope of a receipt notification, without the
-            # layers below (same row, same counts: see ``fast_sns``).
+        if not holding and not bad and (
+                type(value) is fastses.BareNotification and decoder.unit(offset, raw, value)
+                or fast and type(value) is dict and decoder.fast_sns(value)):
+            # The common units, a bare notification cut out and decoded by ``stream_units``
+            # or an SNS envelope of one, without the checkpoint (neither can fail half-way)
+            # and the layers below (same row, same counts: see ``fast_sns``).
             if len(decoder.builder) >= MAX_BATCH_ROWS:
                 yield from decoder.take()
             continue
-        if error is None and isinstance(value, (dict, list)):
+        if error is None and isinstance(value, (dict, list, fastses.BareNotification)):
             holding = False
             head.release()
             _flush_bad(decoder, bad)

@@ -27,7 +27,7 @@ except ImportError:  # pragma: no cover - msgspec is a dependency, but optional 
 
 from sesbeam.transforms.normalize import _ASCII_LOWER, address_of, domain_of, parse_time_ms
 
-__all__ = ["AVAILABLE", "ses_row"]
+__all__ = ["AVAILABLE", "BareNotification", "bare_notification", "ses_row"]
 
 AVAILABLE = msgspec is not None
 _SETUP = "AMAZON_SES_SETUP_NOTIFICATION"
@@ -198,3 +198,26 @@ def ses_row(text: str, envelope: str, source_uri: str, source_record: int) -> tu
         source_uri,
         source_record,
     )
+
+
+class BareNotification:
+    """A container unit that is one bare receipt notification (Firehose, NDJSON), decoded:
+    ``row(uri, record)`` is its messages row."""
+
+    __slots__ = ("_row",)
+
+    def __init__(self, row: tuple):
+        self._row = row
+
+    def row(self, source_uri: str, source_record: int) -> tuple:
+        return self._row[:-2] + (source_uri, source_record)
+
+
+def bare_notification(raw) -> BareNotification | None:
+    """The unit ``raw`` (bytes) as a ``BareNotification`` when it is a receipt notification
+    that ``ses_row`` decodes, else None. As a top-level unit such an object goes to
+    ``normalize_ses`` with envelope ``raw`` (it has no ``Records``, ``Type``/``Message``,
+    ``summaryVersion`` or ``eventType`` key: ``ses_row`` refuses unknown keys), so the row is
+    the general decoder's; and msgspec accepted all of ``raw``, which is one JSON object."""
+    row = ses_row(raw, "raw", "", 0)
+    return None if row is None else BareNotification(row)
