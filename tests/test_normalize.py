@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import copy
+import re
+from datetime import datetime, timedelta, timezone
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sesbeam.schemas import MESSAGES
 from sesbeam.transforms.normalize import (
@@ -87,6 +91,35 @@ def normalized(n: dict, envelope: str = "raw") -> dict:
 ])
 def test_address_of(header, address):
     assert address_of(header) == address
+
+
+def _address_by_regex(value):
+    """``address_of`` as first written, with regular expressions only: the reference."""
+    if not isinstance(value, str):
+        return None
+    if "<" in value:
+        addr = re.match(r".*<([^>]*)", value, re.S).group(1)
+    else:
+        addr = re.match(r"[^,]*", re.sub(r"\([^()]*\)", "", value)).group(0)
+    return addr.strip(' \t\r\n"') or None
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.text(alphabet='ab@<>(),"\\ \t\r\n.Zé', max_size=16))
+def test_address_of_equals_the_regex_reference(header):
+    assert address_of(header) == _address_by_regex(header)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30)),
+       st.sampled_from(["Z", "+05:30", "-11:00", ""]))
+def test_parse_time_ms_floors_like_timedelta_division(moment, offset):
+    text = moment.isoformat() + offset
+    aware = datetime.fromisoformat(text)
+    if aware.tzinfo is None:
+        aware = aware.replace(tzinfo=timezone.utc)
+    epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
+    assert parse_time_ms(text) == (aware - epoch) // timedelta(milliseconds=1)
 
 
 @pytest.mark.parametrize("address, domain", [

@@ -45,7 +45,6 @@ _MS = timedelta(milliseconds=1)
 MIN_TIME_MS = (datetime(1, 1, 1, tzinfo=timezone.utc) - _EPOCH) // _MS
 MAX_TIME_MS = (datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=timezone.utc) - _EPOCH) // _MS
 _COMMENT = re.compile(r"\([^()]*\)")
-_LAST_ANGLE = re.compile(r".*<([^>]*)", re.S)
 _FIRST_ITEM = re.compile(r"[^,]*")
 _ADDRESS_TRIM = ' \t\r\n"'
 _DOMAIN_TRIM = ' \t\r\n">'
@@ -71,7 +70,10 @@ def parse_time_ms(value: Any, field: str = "timestamp") -> int:
             raise InvalidNotification(f"{field} {value[:64]!r} is not a time") from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=timezone.utc)
-    ms = (dt - _EPOCH) // _MS
+    # ``(dt - _EPOCH) // _MS`` without the timedelta division (a normalised timedelta's
+    # seconds and microseconds are not negative, so this floors the same way).
+    delta = dt - _EPOCH
+    ms = delta.days * 86_400_000 + delta.seconds * 1000 + delta.microseconds // 1000
     if not MIN_TIME_MS <= ms <= MAX_TIME_MS:
         raise InvalidNotification(f"{field} {value[:64]!r} is outside years 1-9999 in UTC")
     return ms
@@ -100,10 +102,14 @@ def address_of(value: Any) -> str | None:
     """
     if not isinstance(value, str):
         return None
-    if "<" in value:
-        addr = _LAST_ANGLE.match(value).group(1)
-    else:
+    if "<" in value:  # what `.*<([^>]*)` (re.S) matches: after the last `<`, up to a `>`
+        start = value.rfind("<") + 1
+        end = value.find(">", start)
+        addr = value[start:end] if end >= 0 else value[start:]
+    elif "(" in value or "," in value:
         addr = _FIRST_ITEM.match(_COMMENT.sub("", value)).group(0)
+    else:
+        addr = value
     addr = addr.strip(_ADDRESS_TRIM)
     return addr or None
 
@@ -278,10 +284,12 @@ def normalize_workmail(e: dict, time_ms: int | None, source_uri: str, source_rec
 
 
 _WIRE = wire(MESSAGES)
+_ROW = pa.struct(list(_WIRE))
 
 
 class MessageBuilder:
-    """Collects message rows and builds ``MESSAGES`` RecordBatches column by column."""
+    """Collects message rows and builds ``MESSAGES`` RecordBatches: Arrow converts the row
+    tuples as one struct array, in one pass over the rows."""
 
     def __init__(self) -> None:
         self._rows: list[tuple] = []
@@ -296,7 +304,6 @@ class MessageBuilder:
 
     def build(self) -> pa.RecordBatch:
         """The collected rows as one batch; the builder is empty afterwards."""
-        columns = zip(*self._rows) if self._rows else ([] for _ in _WIRE)
-        arrays = [pa.array(col, type=f.type) for col, f in zip(columns, _WIRE)]
+        rows = pa.array(self._rows, type=_ROW)
         self._rows.clear()
-        return pa.RecordBatch.from_arrays(arrays, schema=_WIRE)
+        return pa.RecordBatch.from_struct_array(rows)
