@@ -107,6 +107,41 @@ def test_arrow_pickles_as_ipc_and_round_trips_exactly():
     assert _arrow.table_from_ipc(_arrow._ipc(table)).equals(table)
 
 
+def test_batch_pcollections_have_a_coder_that_sizes_without_encoding(monkeypatch):
+    """Beam samples elements of every PCollection for their byte size by encoding them;
+    the batches' coder reads the size off the buffers instead, and round-trips exactly."""
+    import apache_beam as beam
+    from apache_beam.utils.windowed_value import WindowedValue
+
+    from sesbeam.transforms.decode import DecodeNotifications
+    from sesbeam.transforms.analytics import WindowMessages
+    from sesbeam.transforms.dedupe import DeduplicateMessages
+
+    batch = pa.RecordBatch.from_pydict({"a": list(range(500)), "b": ["x" * 20] * 500},
+                                       schema=pa.schema([("a", pa.int64()), ("b", pa.string())],
+                                                        metadata={"k": "v"}))
+    coder = beam.coders.registry.get_coder(pa.RecordBatch)
+    assert isinstance(coder, _arrow.RecordBatchCoder)
+    for value in (batch, batch.slice(7, 3), batch.slice(0, 0)):
+        back = coder.decode(coder.encode(value))
+        assert back.equals(value) and back.schema.equals(value.schema, check_metadata=True)
+    nested = beam.coders.TupleCoder([beam.coders.VarIntCoder(), coder])
+    assert nested.decode(nested.encode((3, batch)))[1].equals(batch)
+
+    sized = beam.coders.WindowedValueCoder(coder).get_impl()
+    value = WindowedValue(batch, 0, [beam.transforms.window.GlobalWindow()])
+    monkeypatch.setattr(_arrow, "_ipc", lambda data: pytest.fail("encoded to size it"))
+    size, _ = sized.get_estimated_size_and_observables(value)
+    assert size >= batch.nbytes
+
+    pipeline = beam.Pipeline()  # built, not run: the transforms' batch outputs are typed
+    decoded = (pipeline | beam.Create([SourceFile("u", b"")]) | DecodeNotifications())
+    deduped = decoded["messages"] | DeduplicateMessages()
+    windowed = deduped["messages"] | WindowMessages(3600)
+    for pcoll in (decoded["messages"], deduped["messages"], windowed):
+        assert pcoll.element_type is pa.RecordBatch
+
+
 # -- receipt notifications: msgspec fast path against the general decoder ---------------------
 _BASE = {
     "notificationType": "Received",

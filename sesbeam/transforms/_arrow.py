@@ -5,6 +5,7 @@ from __future__ import annotations
 import copyreg
 from typing import Iterator
 
+import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -106,6 +107,38 @@ def _reduce_batch(batch: pa.RecordBatch):
 
 copyreg.pickle(pa.Table, _reduce_table)
 copyreg.pickle(pa.RecordBatch, _reduce_batch)
+
+
+class RecordBatchCoder(beam.coders.Coder):
+    """The coder of PCollections typed ``pa.RecordBatch``: one Arrow IPC stream, as pickling
+    does (see above), and a size estimate read off the buffers. Beam estimates the byte
+    size of sampled elements of every PCollection (its first ten, then about 10/N) by
+    encoding them: for batches of thousands of rows, under the default coder, that meant
+    serialising ~2.4 rows for every message of a run, for nothing."""
+
+    def encode(self, batch: pa.RecordBatch) -> bytes:
+        return _ipc(batch)
+
+    def decode(self, data: bytes) -> pa.RecordBatch:
+        return batch_from_ipc(data)
+
+    def estimate_size(self, batch: pa.RecordBatch) -> int:
+        return batch.nbytes
+
+    def is_deterministic(self) -> bool:
+        return False
+
+    def to_type_hint(self):
+        return pa.RecordBatch
+
+    def __eq__(self, other) -> bool:
+        return type(self) is type(other)
+
+    def __hash__(self) -> int:
+        return hash(type(self))
+
+
+beam.coders.registry.register_coder(pa.RecordBatch, RecordBatchCoder)
 
 
 # -- packed batches for shuffles ------------------------------------------------------------

@@ -184,6 +184,8 @@ class _AssignWindowsDoFn(beam.DoFn):
     def process(self, batch: pa.RecordBatch):
         starts = epoch_ms(batch.column("event_time")) // self._size_ms * self._size_ms
         for start, part in partition(batch, starts):
+            # One RecordBatch, as the PCollection is typed (zero-copy: one chunk).
+            (part,) = part.combine_chunks().to_batches()
             yield beam_window.TimestampedValue(part, start / 1000.0)
 
 
@@ -202,6 +204,7 @@ class WindowMessages(beam.PTransform):
         return (
             batches
             | "SplitByWindow" >> beam.ParDo(_AssignWindowsDoFn(self._size_s * 1000))
+            .with_output_types(pa.RecordBatch)
             | "FixedWindows" >> beam.WindowInto(
                 beam_window.FixedWindows(self._size_s), **self._kwargs)
         )

@@ -721,6 +721,7 @@ class DecodeNotifications(beam.PTransform):
 
     def expand(self, sources):
         outputs = sources | "Decode" >> beam.ParDo(
-            _DecodeDoFn(self._certificates, self._max, self._fail)).with_outputs(
+            _DecodeDoFn(self._certificates, self._max, self._fail)).with_output_types(
+            pa.RecordBatch).with_outputs(
             self.DEAD_LETTERS, self.TALLIES, main=self.MESSAGES)
         return {name: outputs[name] for name in (self.MESSAGES, self.DEAD_LETTERS, self.TALLIES)}

@@ -188,7 +188,8 @@ class DeduplicateMessages(beam.PTransform):
             batches
             | "KeyByBucket" >> beam.ParDo(_KeyByBucketDoFn(self._buckets))
             | "GroupByBucket" >> beam.GroupByKey()
-            | "Merge" >> beam.ParDo(_DedupeBucketDoFn()).with_outputs(
+            | "Merge" >> beam.ParDo(_DedupeBucketDoFn()).with_output_types(
+                pa.RecordBatch).with_outputs(
                 self.TALLIES, main=self.MESSAGES)
         )
         return {self.MESSAGES: outputs[self.MESSAGES], self.TALLIES: outputs[self.TALLIES]}
