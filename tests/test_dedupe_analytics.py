@@ -223,3 +223,24 @@ def test_parts_sent_through_a_shuffle_do_not_drag_their_parent_along():
     assert sum(len(pickle.dumps(t)) for _, t in parts) < 1.5 * whole
     batches = list(to_batches(big, max_rows=1000))
     assert sum(len(pickle.dumps(b)) for b in batches) < 1.5 * whole
+
+
+def test_key_by_bucket_keeps_every_row_once_in_its_bucket():
+    from sesbeam.transforms._arrow import unpack
+    from sesbeam.transforms.dedupe import _KeyByBucketDoFn
+
+    rows = make_rows(2000, seed=9)
+    batches = [b for i in range(0, 2000, 70) for b in table(rows[i:i + 70]).to_batches()]
+    fn = _KeyByBucketDoFn(buckets=4, flush_rows=100)  # a split every 400 rows or more
+    fn.start_bundle()
+    during = [out for b in batches for out in fn.process(b)]
+    after = [wv.value for wv in fn.finish_bundle()]
+    assert during and after and len(during) % 4 == 0
+    seen = []
+    for bucket, packed in during + after:
+        part = unpack(packed)
+        assert part.column("message_id").num_chunks == 1  # one contiguous part per bucket
+        assert set(bucket_of(part.column("message_id"), 4)) == {bucket}
+        seen += part.to_pylist()
+    key = lambda r: r["source_record"]  # noqa: E731
+    assert sorted(seen, key=key) == sorted(table(rows).to_pylist(), key=key)

@@ -78,12 +78,16 @@ def to_batches(table: pa.Table, max_rows: int = MAX_BATCH_ROWS) -> Iterator[pa.R
 # left out). Registered for every pickle in the process, so the runner and every worker
 # that imports sesbeam encode and decode the same way.
 
-def _ipc(data: pa.RecordBatch | pa.Table) -> bytes:
+def _ipc_buffer(data: pa.RecordBatch | pa.Table) -> pa.Buffer:
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, data.schema) as writer:
         for batch in data.to_batches() if isinstance(data, pa.Table) else [data]:
             writer.write_batch(batch)
-    return sink.getvalue().to_pybytes()
+    return sink.getvalue()
+
+
+def _ipc(data: pa.RecordBatch | pa.Table) -> bytes:
+    return _ipc_buffer(data).to_pybytes()
 
 
 def table_from_ipc(data: bytes) -> pa.Table:
@@ -147,8 +151,8 @@ _PACK_MAGIC = b"SBZ1"
 
 def pack(data: pa.RecordBatch | pa.Table) -> bytes:
     """``data`` as bytes for a shuffle: zstd-compressed Arrow IPC (see ``unpack``)."""
-    raw = _ipc(data)
-    return (_PACK_MAGIC + len(raw).to_bytes(8, "little")
+    raw = _ipc_buffer(data)  # compressed from Arrow's buffer: no copy to bytes first
+    return (_PACK_MAGIC + raw.size.to_bytes(8, "little")
             + _PACK_CODEC.compress(raw, asbytes=True))
 
 
