@@ -124,6 +124,12 @@ def _ordered_union(lists: pa.ChunkedArray, group: np.ndarray, groups: int) -> pa
                                     type=lists.type)
 
 
+def _bucket_parts(table: pa.Table, buckets: int):
+    """``(bucket, rows)`` for each bucket of ``table``'s rows, each part contiguous."""
+    for bucket, part in partition(table, bucket_of(table.column("message_id"), buckets)):
+        yield bucket, part.combine_chunks()
+
+
 class _KeyByBucketDoFn(beam.DoFn):
     """Batches -> ``(bucket, packed rows)``, the rows of a bucket gathered over a bundle.
 
@@ -160,9 +166,8 @@ class _KeyByBucketDoFn(beam.DoFn):
             return
         table = pa.Table.from_batches(self._pending)
         self._pending, self._rows = [], 0
-        for bucket, part in partition(table, bucket_of(table.column("message_id"),
-                                                       self._buckets)):
-            yield bucket, pack(part.combine_chunks())
+        for bucket, part in _bucket_parts(table, self._buckets):
+            yield bucket, pack(part)
 
 
 class _DedupeBucketDoFn(beam.DoFn):
