@@ -61,6 +61,18 @@ class BatchOptions(PipelineOptions):
             help="Largest top-level JSON value (an NDJSON line, a document, a JSON array) "
                  "decoded; a larger one is a too_large dead letter, skipped without being "
                  f"held in memory (default {DEFAULT_MAX_RECORD_BYTES} bytes).")
+        parser.add_argument(
+            "--local_shuffle", "--local-shuffle", choices=("files", "memory"),
+            default="files",
+            help="Local runners: pass the shuffled rows between stages as files in "
+                 "--shuffle_dir (default; the runner then holds only their paths) or in "
+                 "the runner's memory. Other runners use their own shuffle.")
+        parser.add_argument(
+            "--shuffle_dir", "--shuffle-dir", default=None,
+            help="Local runners: folder under which the run's shuffle files are kept, "
+                 "in a folder of their own removed when the run ends (default: the run's "
+                 "staging folder OUT/_staging/RUN_ID for a local OUT, else the system's "
+                 "temporary folder, $TMPDIR).")
         _add_security_args(parser)
 
 

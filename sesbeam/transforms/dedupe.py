@@ -139,12 +139,14 @@ class _KeyByBucketDoFn(beam.DoFn):
     (``flush_rows * buckets`` in all), then split by bucket at once (one sort and one
     ``take``) and each bucket's rows packed as one contiguous part (zstd Arrow IPC, see
     ``_arrow.pack``); the rest goes at the end of the bundle. Batch pipelines only (the
-    global window).
+    global window). With ``shuffle_dir`` the parts are files there (``pack``).
     """
 
-    def __init__(self, buckets: int, flush_rows: int = FLUSH_ROWS):
+    def __init__(self, buckets: int, flush_rows: int = FLUSH_ROWS,
+                 shuffle_dir: str | None = None):
         self._buckets = buckets
         self._flush_rows = flush_rows
+        self._shuffle_dir = shuffle_dir
 
     def start_bundle(self):
         self._pending: list[pa.RecordBatch] = []
@@ -167,7 +169,7 @@ class _KeyByBucketDoFn(beam.DoFn):
         table = pa.Table.from_batches(self._pending)
         self._pending, self._rows = [], 0
         for bucket, part in _bucket_parts(table, self._buckets):
-            yield bucket, pack(part)
+            yield bucket, pack(part, self._shuffle_dir)
 
 
 class _DedupeBucketDoFn(beam.DoFn):
@@ -182,19 +184,23 @@ class DeduplicateMessages(beam.PTransform):
     """Message RecordBatches -> ``{"messages": one row per message_id, "tallies"}``.
 
     ``tallies`` carries ``{"duplicates": n}`` dicts for the run's accounting.
+    ``shuffle_dir``: a local folder all workers share, through which the rows travel
+    (local runners; see ``_arrow.pack``); by default they travel in the shuffle itself.
     """
 
     MESSAGES = "messages"
     TALLIES = "tallies"
 
-    def __init__(self, buckets: int = DEFAULT_BUCKETS):
+    def __init__(self, buckets: int = DEFAULT_BUCKETS, shuffle_dir: str | None = None):
         super().__init__()
         self._buckets = buckets
+        self._shuffle_dir = shuffle_dir
 
     def expand(self, batches):
         outputs = (
             batches
-            | "KeyByBucket" >> beam.ParDo(_KeyByBucketDoFn(self._buckets))
+            | "KeyByBucket" >> beam.ParDo(_KeyByBucketDoFn(self._buckets,
+                                                          shuffle_dir=self._shuffle_dir))
             | "GroupByBucket" >> beam.GroupByKey()
             | "Merge" >> beam.ParDo(_DedupeBucketDoFn()).with_output_types(
                 pa.RecordBatch).with_outputs(

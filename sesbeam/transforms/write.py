@@ -70,12 +70,12 @@ def write_parquet(table: pa.Table, path: str, table_name: str,
                                row_group_size=ROWS_PER_GROUP)
 
 
-def _key_by_day(batch: pa.RecordBatch, column: str | None):
+def _key_by_day(batch: pa.RecordBatch, column: str | None, shuffle_dir: str | None = None):
     if column is None:
-        yield _NO_PARTITION, pack(batch)  # shuffled compressed: see _arrow.pack
+        yield _NO_PARTITION, pack(batch, shuffle_dir)  # shuffled compressed: see _arrow.pack
     else:
         for day, part in partition(batch, epoch_ms(batch.column(column)) // MS_PER_DAY):
-            yield day, pack(part)
+            yield day, pack(part, shuffle_dir)
 
 
 class _WriteDoFn(beam.DoFn):
@@ -154,21 +154,26 @@ class _FileRoller:
 
 
 class WriteTable(beam.PTransform):
-    """RecordBatches of one table -> staged Parquet files; emits one tally per file."""
+    """RecordBatches of one table -> staged Parquet files; emits one tally per file.
 
-    def __init__(self, staging: str, table: str, run_id: str):
+    ``shuffle_dir``: a local folder all workers share, through which the rows travel to
+    the writers (local runners; see ``_arrow.pack``).
+    """
+
+    def __init__(self, staging: str, table: str, run_id: str, shuffle_dir: str | None = None):
         super().__init__()
         if table not in TABLES:
             raise ValueError(f"unknown table {table!r}")
         self._staging = staging.rstrip("/")
         self._table = table
         self._run_id = run_id
+        self._shuffle_dir = shuffle_dir
 
     def expand(self, batches):
         return (
             batches
             | "GlobalWindow" >> beam.WindowInto(beam_window.GlobalWindows())
-            | "KeyByDay" >> beam.FlatMap(_key_by_day, TABLES[self._table][1])
+            | "KeyByDay" >> beam.FlatMap(_key_by_day, TABLES[self._table][1], self._shuffle_dir)
             | "GroupByDay" >> beam.GroupByKey()
             | "WriteParquet" >> beam.ParDo(_WriteDoFn(self._staging, self._table, self._run_id))
         )
