@@ -6,6 +6,7 @@ import base64
 import hashlib
 import io
 import json
+import os
 import re
 from datetime import datetime, timezone
 from html.parser import HTMLParser
@@ -413,6 +414,35 @@ def test_progress_module_reporter_and_cli_flags(monkeypatch):
     assert _progress_flags(["--input", "x", "--progress"]) == ["--input", "x"]
     assert progress.progress_mode() == "always"
     assert _progress_flags(["--no-progress"]) == [] and progress.progress_mode() == "never"
+
+
+def test_progress_of_worker_processes_is_drawn_summed_by_the_launching_process(
+        tmp_path, monkeypatch):
+    import time
+
+    monkeypatch.setenv(progress.DIR_ENV, str(tmp_path))
+    clock = _Clock()
+    worker = progress.Progress(_Tty(), clock=clock)
+    clock.now += 2
+    worker.note_source(1_000_000, 100)
+    assert worker.stream.getvalue() == ""  # a worker writes its counts, it does not draw
+    assert (tmp_path / f"{os.getpid()}.json").exists()
+    (tmp_path / "12345.json").write_text("[2, 3000000, 300]")  # another worker's
+    (tmp_path / "12346.json.tmp").write_text("[")  # one being written
+    monkeypatch.delenv(progress.DIR_ENV)
+    stream = _Tty()
+    launcher = progress.Progress(stream, enabled=True, interval=0.01)
+    launcher.follow(str(tmp_path))
+    deadline = time.monotonic() + 10
+    while "400 records" not in stream.getvalue() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    launcher.finish()
+    line = stream.getvalue()
+    assert "3 files" in line and "4.0 MB" in line and "400 records" in line
+    assert line.endswith("\r\x1b[K")
+    drawn = len(line)
+    time.sleep(0.05)
+    assert len(stream.getvalue()) == drawn  # finished: no more drawing
 
 
 def test_progress_survives_a_closed_stream():

@@ -23,6 +23,7 @@ from sesbeam.pipeline.options import BatchOptions, parse_duration
 from sesbeam.schemas import SCHEMA_VERSION
 from sesbeam.transforms.privacy import PrivacyPolicy, ProtectPersonalData, hash_key_from_env
 from sesbeam.transforms.containers import DEFAULT_MAX_RECORD_BYTES
+from sesbeam.transforms import progress
 from sesbeam.transforms.incremental import DropEarlierMessages, SkipProcessed
 from sesbeam.transforms.read import expand_location
 from sesbeam.transforms._storage import is_remote
@@ -231,6 +232,24 @@ def _make_shuffle_dir(parent: str | None, output: str, run_id: str) -> str:
     return tempfile.mkdtemp(prefix=f"shuffle-{run_id}-", dir=parent)
 
 
+def _worker_processes(options: PipelineOptions) -> int:
+    """How many worker processes of their own a local run starts (0: none)."""
+    direct = options.view_as(DirectOptions)
+    if direct.direct_running_mode != "multi_processing":
+        return 0
+    return direct.direct_num_workers or 1
+
+
+def _share_progress(folder: str) -> str:
+    """Worker processes write their progress counts to ``folder/progress`` (set in the
+    environment they inherit); this process draws the sums (``progress.follow``)."""
+    shared = os.path.join(folder, "progress")
+    os.makedirs(shared, exist_ok=True)
+    os.environ[progress.DIR_ENV] = shared
+    progress.follow(shared)
+    return shared
+
+
 def security_from_options(opts) -> tuple[CertificateStore | None, PrivacyPolicy | None]:
     """The certificate store and privacy policy the options ask for (usage errors exit 2)."""
     certificates = None
@@ -295,6 +314,9 @@ def run_batch(argv: list[str] | None = None) -> dict:
     shuffle_dir = None
     if local and batch.local_shuffle == "files":
         shuffle_dir = _make_shuffle_dir(batch.shuffle_dir, batch.output, run_id)
+    workers = _worker_processes(options) if local else 0
+    progress_dir = _share_progress(shuffle_dir or _make_shuffle_dir(
+        batch.shuffle_dir, batch.output, run_id)) if workers else None
     try:
         with beam.Pipeline(runner=local_runner(options), options=options) as pipeline:
             build_batch(pipeline, batch.input, batch.output, window_s=window_s, run_id=run_id,
@@ -303,6 +325,10 @@ def run_batch(argv: list[str] | None = None) -> dict:
                         max_record_bytes=batch.max_record_bytes,
                         incremental=batch.incremental, shuffle_dir=shuffle_dir)
     finally:
+        if progress_dir is not None:
+            progress.reporter().unfollow()
+            os.environ.pop(progress.DIR_ENV, None)
+            shutil.rmtree(os.path.dirname(progress_dir), ignore_errors=True)
         if shuffle_dir is not None:
             shutil.rmtree(shuffle_dir, ignore_errors=True)
     if dry_run:

@@ -300,6 +300,16 @@ COMMANDS = {"batch": _batch, "stream": _stream, "generate": _generate, "demo": _
             "report": _report, "ddl": _ddl}
 
 
+#: Where Beam's local runner re-logs what its worker processes log.
+_WORKER_LOGGER = "apache_beam.runners.portability.local_job_service"
+
+
+def _quiet_worker_start(record: logging.LogRecord) -> bool:
+    """Drop the warning every local worker process logs as it starts (it has no
+    ``semi_persistent_directory``, which only container workers have); keep the rest."""
+    return "No semi_persistent_directory found" not in record.getMessage()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] not in COMMANDS:
@@ -308,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger(_WORKER_LOGGER).addFilter(_quiet_worker_start)
     from sesbeam.pipeline.batch import UsageError
 
     try:

@@ -9,22 +9,28 @@ When stderr is not a terminal (a log file, a CI job, a Dataflow or Flink worker)
 is printed. ``SESBEAM_PROGRESS`` overrides the detection: ``always`` (or ``1``, ``on``)
 forces the line, ``never`` (or ``0``, ``off``) silences it, ``auto`` is the default.
 
-Counters are per process: on runners with several worker processes each one keeps its
-own (and on remote workers stderr is never a terminal, so they stay quiet).
+Counters are per process. When a local run starts worker processes, the launching process
+sets ``SESBEAM_PROGRESS_DIR`` for them: each worker then writes its counts to a file there
+(replaced after every source object) instead of drawing, and the launching process draws one line with
+their sums (``follow``). On remote workers stderr is never a terminal, so they stay quiet.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import threading
 import time
 from typing import Callable, TextIO
 
-__all__ = ["ENV", "Progress", "finish", "note_source", "progress_mode", "reporter", "reset"]
+__all__ = ["DIR_ENV", "ENV", "Progress", "finish", "follow", "note_source", "progress_mode",
+           "reporter", "reset"]
 
 #: Environment variable that forces (``always``) or disables (``never``) the progress line.
 ENV = "SESBEAM_PROGRESS"
+#: Set for worker processes of a local run: the folder where they write their counts.
+DIR_ENV = "SESBEAM_PROGRESS_DIR"
 _ALWAYS = {"1", "always", "on", "yes", "true", "force"}
 _NEVER = {"0", "never", "off", "no", "false"}
 
@@ -67,6 +73,8 @@ class Progress:
         self.interval = interval
         self._clock = clock
         self._lock = threading.Lock()
+        self._follower: threading.Thread | None = None
+        self._stop = threading.Event()
         self.reset()
 
     @property
@@ -94,6 +102,10 @@ class Progress:
             self.files += files
             self.bytes += nbytes
             self.records += records
+            shared = os.environ.get(DIR_ENV)
+            if shared:  # a worker process: a small file per source object, no drawing
+                self._publish(shared)
+                return
             now = self._clock()
             if self._last_draw is not None and now - self._last_draw < self.interval:
                 return
@@ -105,6 +117,51 @@ class Progress:
                 self._write("\r" + self.line(now) + "\x1b[K")
                 self._drawn = True
 
+    def _publish(self, folder: str) -> None:
+        """This worker process's counts, to ``folder/<pid>.json`` (replaced whole)."""
+        path = os.path.join(folder, f"{os.getpid()}.json")
+        try:
+            with open(path + ".tmp", "w") as f:
+                json.dump([self.files, self.bytes, self.records], f)
+            os.replace(path + ".tmp", path)
+        except OSError:  # the run's folder is gone (the run ended): nothing to show
+            pass
+
+    def follow(self, folder: str) -> None:
+        """Draw, every ``interval``, the sums of the counts worker processes write to
+        ``folder`` (see ``DIR_ENV``), until ``finish``."""
+        self._stop.clear()
+
+        def run():
+            while not self._stop.wait(self.interval):
+                totals = [0, 0, 0]
+                try:
+                    names = [n for n in os.listdir(folder) if n.endswith(".json")]
+                except OSError:
+                    continue
+                for name in names:
+                    try:
+                        with open(os.path.join(folder, name)) as f:
+                            counts = json.load(f)
+                    except (OSError, ValueError):
+                        continue
+                    totals = [t + c for t, c in zip(totals, counts)]
+                with self._lock:
+                    self.files, self.bytes, self.records = totals
+                    if self.files and self.enabled and not self._stop.is_set():
+                        self._write("\r" + self.line() + "\x1b[K")
+                        self._drawn = True
+
+        self._follower = threading.Thread(target=run, name="sesbeam-progress", daemon=True)
+        self._follower.start()
+
+    def unfollow(self) -> None:
+        """Stop what ``follow`` started (the line stays until ``finish``)."""
+        if self._follower is not None:
+            self._stop.set()
+            self._follower.join()
+            self._follower = None
+
     def line(self, now: float | None = None) -> str:
         """The status text: files, MB read, records, records/s, MB/s, elapsed time."""
         elapsed = max((self._clock() if now is None else now) - self.started, 1e-9)
@@ -114,6 +171,7 @@ class Progress:
 
     def finish(self) -> None:
         """Erase the status line, if one was drawn, so the summary starts on a clean line."""
+        self.unfollow()
         with self._lock:
             if self._drawn:
                 self._write("\r\x1b[K")
@@ -144,6 +202,11 @@ def reporter() -> Progress:
 def note_source(nbytes: int, records: int = 0, files: int = 1) -> None:
     """Count one source object in the process-wide reporter (call from a DoFn)."""
     reporter().note_source(nbytes, records, files)
+
+
+def follow(folder: str) -> None:
+    """Show the sums of the worker processes' counts in ``folder`` (see ``DIR_ENV``)."""
+    reporter().follow(folder)
 
 
 def reset() -> None:
