@@ -3,7 +3,8 @@
 ``ReadArchives`` yields one ``ArchiveObject`` (path, size, mtime) per object; ``decode``
 streams its bytes (gzip is detected there, by its magic bytes). Listing happens on the
 workers, after a ``Create`` of the input locations, so nothing is listed on the launching
-machine.
+machine (but for local runs, where ``run_batch`` sums the sizes up to 128 MiB to choose
+its worker processes: the launching machine is then the worker).
 
 S3 goes through ``apache_beam.io.aws``; its boto3 client honours the standard AWS
 environment (``AWS_ENDPOINT_URL``, ``AWS_ENDPOINT_URL_S3``, ``AWS_DEFAULT_REGION``, the
