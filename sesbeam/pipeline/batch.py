@@ -144,10 +144,9 @@ def local_runner(options: PipelineOptions):
     """
     direct = options.view_as(DirectOptions)
     standard = options.view_as(StandardOptions)
-    name = standard.runner
-    if direct.direct_running_mode != "multi_threading" or not isinstance(name, str):
+    name = _runner_name(options)
+    if direct.direct_running_mode != "multi_threading" or name is None:
         return None
-    name = name.rsplit(".", 1)[-1].lower()
     direct_batch = name in ("directrunner", "direct") and not standard.streaming
     if name not in ("fnapirunner", "fnapi") and not direct_batch:
         return None
@@ -163,12 +162,15 @@ def local_runner(options: PipelineOptions):
         capabilities=python_sdk_capabilities(), artifacts=()))
 
 
+def _runner_name(options: PipelineOptions) -> str | None:
+    """The runner ``options`` name, lower case without its module (None: an instance)."""
+    name = options.view_as(StandardOptions).runner
+    return name.rsplit(".", 1)[-1].lower() if isinstance(name, str) else None
+
+
 def _is_local(options: PipelineOptions) -> bool:
     """Whether ``options`` run the batch pipeline on this machine's FnApiRunner."""
-    name = options.view_as(StandardOptions).runner
-    if not isinstance(name, str):
-        return False
-    return name.rsplit(".", 1)[-1].lower() in _LOCAL_RUNNERS
+    return _runner_name(options) in _LOCAL_RUNNERS
 
 
 def _cpus() -> int:
@@ -221,10 +223,11 @@ def _default_local_workers(options: PipelineOptions, argv: list[str] | None,
         _LOG.info("local run: %d worker processes", workers)
 
 
-def _make_shuffle_dir(parent: str | None, output: str, run_id: str) -> str:
-    """A new folder for the run's shuffle files: under ``parent`` if given, else in the
-    run's staging folder when the output is local (so that ``recover`` removes what a
-    crashed run left), else in the system's temporary folder."""
+def _make_run_dir(parent: str | None, output: str, run_id: str) -> str:
+    """A new folder for a local run's shuffle files and its workers' progress counts:
+    under ``parent`` if given, else in the run's staging folder when the output is local
+    (so that ``recover`` removes what a crashed run left), else in the system's temporary
+    folder."""
     if parent is None and not is_remote(output):
         parent = f"{output.rstrip('/')}/{STAGING_DIR}/{run_id}"
     if parent is not None:
@@ -240,14 +243,13 @@ def _worker_processes(options: PipelineOptions) -> int:
     return direct.direct_num_workers or 1
 
 
-def _share_progress(folder: str) -> str:
+def _share_progress(folder: str) -> None:
     """Worker processes write their progress counts to ``folder/progress`` (set in the
     environment they inherit); this process draws the sums (``progress.follow``)."""
     shared = os.path.join(folder, "progress")
     os.makedirs(shared, exist_ok=True)
     os.environ[progress.DIR_ENV] = shared
     progress.follow(shared)
-    return shared
 
 
 def security_from_options(opts) -> tuple[CertificateStore | None, PrivacyPolicy | None]:
@@ -311,12 +313,13 @@ def run_batch(argv: list[str] | None = None) -> dict:
         _default_local_workers(options, argv, batch.input)
     if not dry_run:
         recover(batch.output)  # finish a commit a crash interrupted; drop abandoned staging
-    shuffle_dir = None
-    if local and batch.local_shuffle == "files":
-        shuffle_dir = _make_shuffle_dir(batch.shuffle_dir, batch.output, run_id)
+    files = local and batch.local_shuffle == "files"
     workers = _worker_processes(options) if local else 0
-    progress_dir = _share_progress(shuffle_dir or _make_shuffle_dir(
-        batch.shuffle_dir, batch.output, run_id)) if workers else None
+    run_dir = _make_run_dir(batch.shuffle_dir, batch.output, run_id) \
+        if files or workers else None
+    shuffle_dir = run_dir if files else None
+    if workers:
+        _share_progress(run_dir)
     try:
         with beam.Pipeline(runner=local_runner(options), options=options) as pipeline:
             build_batch(pipeline, batch.input, batch.output, window_s=window_s, run_id=run_id,
@@ -325,12 +328,11 @@ def run_batch(argv: list[str] | None = None) -> dict:
                         max_record_bytes=batch.max_record_bytes,
                         incremental=batch.incremental, shuffle_dir=shuffle_dir)
     finally:
-        if progress_dir is not None:
+        if workers:
             progress.reporter().unfollow()
             os.environ.pop(progress.DIR_ENV, None)
-            shutil.rmtree(os.path.dirname(progress_dir), ignore_errors=True)
-        if shuffle_dir is not None:
-            shutil.rmtree(shuffle_dir, ignore_errors=True)
+        if run_dir is not None:
+            shutil.rmtree(run_dir, ignore_errors=True)
     if dry_run:
         return {}
     summary = read_summary(batch.output)

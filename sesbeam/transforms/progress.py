@@ -11,8 +11,9 @@ forces the line, ``never`` (or ``0``, ``off``) silences it, ``auto`` is the defa
 
 Counters are per process. When a local run starts worker processes, the launching process
 sets ``SESBEAM_PROGRESS_DIR`` for them: each worker then writes its counts to a file there
-(replaced after every source object) instead of drawing, and the launching process draws one line with
-their sums (``follow``). On remote workers stderr is never a terminal, so they stay quiet.
+(replaced after every source object) instead of drawing, and the launching process draws
+one line with their sums (``follow``). On remote workers stderr is never a terminal, so
+they stay quiet.
 """
 
 from __future__ import annotations
@@ -129,7 +130,7 @@ class Progress:
 
     def follow(self, folder: str) -> None:
         """Draw, every ``interval``, the sums of the counts worker processes write to
-        ``folder`` (see ``DIR_ENV``), until ``finish``."""
+        ``folder`` (see ``DIR_ENV``), until ``unfollow`` or ``finish``."""
         self._stop.clear()
 
         def run():
