@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
 
@@ -21,9 +20,7 @@ from sesbeam.pipeline.batch import (
 )
 from sesbeam.transforms import _arrow
 from sesbeam.transforms._arrow import PACKED_SUFFIX, pack, unpack
-
-TABLES = ("messages", "verdict_stats", "sender_stats", "dead_letters")
-
+from tests.test_runners import TABLES, table_rows
 
 def test_pack_into_a_folder_round_trips_and_reading_removes_the_file(tmp_path):
     batch = pa.record_batch({"id": ["a", "b", None], "n": [1, 2, 3],
@@ -70,13 +67,6 @@ def test_default_workers_follow_the_input_size_unless_named(tmp_path, monkeypatc
     assert options.view_as(DirectOptions).direct_running_mode == "in_memory"
 
 
-def _rows(output: Path, table: str) -> list:
-    rows = []
-    for path in sorted((output / table).rglob("*.parquet")):
-        rows.extend(pq.read_table(path).to_pylist())
-    return sorted(rows, key=repr)
-
-
 def _comparable(summary: dict) -> dict:
     summary = dict(summary)
     run_id = summary.pop("run_id")
@@ -109,7 +99,7 @@ def test_rows_travel_through_the_shuffle_folder_and_it_is_removed(tmp_path, monk
     assert files["balanced"] and files["messages"] == manifest["messages"]
     assert _comparable(files) == _comparable(memory)
     for table in TABLES:
-        assert _rows(tmp_path / "files", table) == _rows(tmp_path / "memory", table), table
+        assert table_rows(tmp_path / "files", table) == table_rows(tmp_path / "memory", table), table
     assert not (tmp_path / "files" / "_staging").exists()
 
 
@@ -125,5 +115,5 @@ def test_worker_processes_with_shuffle_files_match_one_process(tmp_path):
     assert two["messages"] == manifest["messages"]
     assert _comparable(two) == _comparable(one)
     for table in TABLES:
-        assert _rows(tmp_path / "two", table) == _rows(tmp_path / "one", table), table
+        assert table_rows(tmp_path / "two", table) == table_rows(tmp_path / "one", table), table
     assert not (tmp_path / "two" / "_staging").exists()
