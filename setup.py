@@ -41,7 +41,7 @@ setup(
             "polars==2.1.0",
         ],
     },
-    entry_points={"console_scripts": ["sesbeam=sesbeam.pipeline.cli:main"]},
+    entry_points={"console_scripts": ["sesbeam=sesbeam.pipeline.cli:run"]},
     classifiers=[
         "Programming Language :: Python :: 3.11",
         "License :: OSI Approved :: Apache Software License",

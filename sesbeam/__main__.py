@@ -1,7 +1,5 @@
 """``python -m sesbeam`` is the ``sesbeam`` command."""
 
-import sys
+from sesbeam.pipeline.cli import run
 
-from sesbeam.pipeline.cli import main
-
-sys.exit(main())
+run()

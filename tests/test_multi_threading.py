@@ -81,9 +81,11 @@ def test_multi_threading_workers_lose_no_element(periodic_flushes):
     assert periodic_flushes == []
 
 
-def test_local_runner_only_replaces_multi_threading_fn_api_runner():
+def test_local_runner_only_replaces_fn_api_runner_worker_modes():
     assert local_runner(PipelineOptions([f"--runner={DEFAULT_LOCAL_RUNNER}"])) is None
     assert local_runner(PipelineOptions([f"--runner={DEFAULT_LOCAL_RUNNER}",
+                                         "--direct_running_mode=in_memory"])) is None
+    assert local_runner(PipelineOptions(["--runner=PortableRunner",
                                          "--direct_running_mode=multi_processing"])) is None
     assert local_runner(PipelineOptions(["--runner=PortableRunner",
                                          "--direct_running_mode=multi_threading"])) is None

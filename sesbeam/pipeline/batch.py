@@ -6,7 +6,9 @@ import json
 import logging
 import os
 import secrets
+import shlex
 import shutil
+import sys
 import tempfile
 from datetime import datetime, timezone
 
@@ -19,6 +21,7 @@ from apache_beam.options.pipeline_options import (
     TestOptions,
 )
 
+from sesbeam.pipeline import worker
 from sesbeam.pipeline.options import BatchOptions, parse_duration
 from sesbeam.schemas import SCHEMA_VERSION
 from sesbeam.transforms.privacy import PrivacyPolicy, ProtectPersonalData, hash_key_from_env
@@ -135,17 +138,23 @@ def build_batch(pipeline: beam.Pipeline, inputs: list[str], output: str, *, wind
 def local_runner(options: PipelineOptions):
     """The runner instance to give ``beam.Pipeline``, or None for the one ``options`` name.
 
-    Only the FnApiRunner with ``--direct_running_mode multi_threading`` gets an instance:
-    the same in-process gRPC workers without Beam's periodic flush, which loses elements
-    (``NO_PERIODIC_FLUSH_MS``). So does the DirectRunner in that mode for a batch pipeline
-    (it would run it on the FnApiRunner, with those workers). Beam's ``run_pipeline``
-    replaces the workers' environment whenever the mode is ``multi_threading``, so the mode
-    is unset here; the number of workers (``--direct_num_workers``) still applies.
+    Only the FnApiRunner with worker threads or processes gets an instance (so does the
+    DirectRunner for a batch pipeline, which it would run on the FnApiRunner):
+
+    - ``--direct_running_mode multi_threading``: the same in-process gRPC workers without
+      Beam's periodic flush, which loses elements (``NO_PERIODIC_FLUSH_MS``);
+    - ``multi_processing``: the same worker processes, started as
+      ``python -m sesbeam.pipeline.worker`` (Beam's SDK harness, ending without the
+      interpreter's teardown: see ``sesbeam.pipeline.worker``).
+
+    Beam's ``run_pipeline`` replaces the workers' environment whenever a mode is set, so
+    the mode is unset here; the number of workers (``--direct_num_workers``) still applies.
     """
     direct = options.view_as(DirectOptions)
     standard = options.view_as(StandardOptions)
     name = _runner_name(options)
-    if direct.direct_running_mode != "multi_threading" or name is None:
+    mode = direct.direct_running_mode
+    if mode not in ("multi_threading", "multi_processing") or name is None:
         return None
     direct_batch = name in ("directrunner", "direct") and not standard.streaming
     if name not in ("fnapirunner", "fnapi") and not direct_batch:
@@ -153,10 +162,15 @@ def local_runner(options: PipelineOptions):
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner
     from apache_beam.transforms.environments import (
         EmbeddedPythonGrpcEnvironment,
+        SubprocessSDKEnvironment,
         python_sdk_capabilities,
     )
 
     direct.direct_running_mode = None
+    if mode == "multi_processing":
+        command = f"{shlex.quote(sys.executable)} -m {worker.COMMAND_MODULE}"
+        return FnApiRunner(
+            default_environment=SubprocessSDKEnvironment.from_command_string(command))
     return FnApiRunner(default_environment=EmbeddedPythonGrpcEnvironment(
         data_buffer_time_limit_ms=NO_PERIODIC_FLUSH_MS,
         capabilities=python_sdk_capabilities(), artifacts=()))
