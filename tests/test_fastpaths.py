@@ -9,11 +9,14 @@ import pickle
 
 import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sesbeam.schemas import MESSAGES, wire
 from sesbeam.transforms import _arrow, containers, fastses
 from sesbeam.transforms._arrow import pack, unpack
 from sesbeam.transforms.decode import SourceFile, decode_source, decompress
+from sesbeam.transforms.normalize import address_of, ascii_lower, domain_of
 
 
 def _zlib_only(data: bytes, monkeypatch) -> tuple[bytes, str | None]:
@@ -267,3 +270,33 @@ def test_pack_round_trips_batches_and_tables():
     assert unpack(batch).equals(pa.table(batch))
     with pytest.raises(ValueError):
         unpack(b"not packed")
+
+
+# -- sender domains: fastses' caches against normalize's functions ---------------------------
+_ADDRESS_CHARS = 'ab@<>(),"\\ \t\r\n.Zé\u212aİ'
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.text(alphabet=_ADDRESS_CHARS, max_size=16))
+def test_cached_sender_domains_equal_normalize(value):
+    fastses._DOMAINS.clear()
+    fastses._FROMS.clear()
+    for _ in range(2):  # computed, then from the caches
+        assert fastses._domain_of_source(value) == domain_of(address_of(value))
+        address = address_of(value)
+        assert fastses._header_from(value) == (address, domain_of(address))
+
+
+def test_sender_domain_caches_stay_bounded(monkeypatch):
+    monkeypatch.setattr(fastses, "_CACHE_ENTRIES", 8)
+    fastses._DOMAINS.clear()
+    for i in range(50):
+        assert fastses._domain_of_source(f"u@D{i}.Example") == f"d{i}.example"
+        assert len(fastses._DOMAINS) <= 8
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.text(max_size=12))
+def test_ascii_lower_changes_only_ascii_capitals(text):
+    expected = "".join(chr(ord(c) + 32) if "A" <= c <= "Z" else c for c in text)
+    assert ascii_lower(text) == expected

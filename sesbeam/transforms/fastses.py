@@ -17,7 +17,6 @@ SES writes (bare-string verdicts, numeric strings, ...), anything that is not a
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Union
 
 try:
@@ -25,7 +24,12 @@ try:
 except ImportError:  # pragma: no cover - msgspec is a dependency, but optional at run time
     msgspec = None
 
-from sesbeam.transforms.normalize import _ASCII_LOWER, address_of, domain_of, parse_time_ms
+from sesbeam.transforms.normalize import (
+    address_of,
+    ascii_lower,
+    domain_of,
+    parse_time_ms,
+)
 
 __all__ = ["AVAILABLE", "BareNotification", "bare_notification", "ses_row"]
 
@@ -116,24 +120,55 @@ if AVAILABLE:
     _DECODER = msgspec.json.Decoder(_Notification)
 
 _NO_RECEIPT = _Receipt() if AVAILABLE else None
+_NO_STATUS = _Status() if AVAILABLE else None
 _NO_HEADERS = _CommonHeaders() if AVAILABLE else None
 _NO_ACTION = _Action() if AVAILABLE else None
 
 
-@lru_cache(maxsize=1 << 16)
+#: Entries of the caches below before they are emptied (senders and domains repeat).
+_CACHE_ENTRIES = 1 << 16
+_FROMS: dict[str, tuple[str | None, str | None]] = {}
+_DOMAINS: dict[str, str | None] = {}
+
+
+def _remember(cache: dict, key, value):
+    if len(cache) >= _CACHE_ENTRIES:
+        cache.clear()
+    cache[key] = value
+    return value
+
+
+def _domain_after(tail: str) -> str | None:
+    """``domain_of`` of an address whose text after its last ``@`` is ``tail``: that
+    text is all ``domain_of`` reads."""
+    domain = _DOMAINS.get(tail, _DOMAINS)
+    if domain is _DOMAINS:
+        domain = _remember(_DOMAINS, tail, domain_of("@" + tail))
+    return domain
+
+
 def _header_from(entry: str) -> tuple[str | None, str | None]:
-    """``(address_of(entry), domain_of(that))``, remembered: senders repeat."""
-    address = address_of(entry)
-    return address, domain_of(address)
+    """``(address_of(entry), domain_of(that))``."""
+    hit = _FROMS.get(entry)
+    if hit is None:
+        address = address_of(entry)
+        at = address.rfind("@") if address else -1
+        hit = _remember(_FROMS, entry, (address, _domain_after(address[at + 1:])
+                                        if at >= 0 else None))
+    return hit
 
 
-@lru_cache(maxsize=1 << 16)
 def _domain_of_source(source: str | None) -> str | None:
-    return domain_of(address_of(source))
-
-
-def _status(verdict) -> str | None:
-    return None if verdict is None else verdict.status
+    """``domain_of(address_of(source))``. Without ``<``, ``(`` or ``,``, ``address_of``
+    only trims spaces and quotes, which leaves the text after the last ``@`` as it is but
+    for trailing ones, and ``domain_of`` trims those too: the domain depends on that
+    text alone."""
+    at = source.rfind("@") if source else -1
+    if at < 0:  # no address in it has a domain
+        return None
+    if "<" in source or "(" in source or "," in source:
+        return domain_of(address_of(source))
+    return _domain_after(source[at + 1:])
 
 
 def ses_row(text: str, envelope: str, source_uri: str, source_record: int) -> tuple | None:
@@ -180,12 +215,12 @@ def ses_row(text: str, envelope: str, source_uri: str, source_record: int) -> tu
         header_from_domain or mail_from_domain,
         headers.subject,
         recipients,
-        _status(receipt.spamVerdict),
-        _status(receipt.virusVerdict),
-        _status(receipt.spfVerdict),
-        _status(receipt.dkimVerdict),
-        _status(receipt.dmarcVerdict),
-        policy.translate(_ASCII_LOWER) if policy else policy,
+        (receipt.spamVerdict or _NO_STATUS).status,
+        (receipt.virusVerdict or _NO_STATUS).status,
+        (receipt.spfVerdict or _NO_STATUS).status,
+        (receipt.dkimVerdict or _NO_STATUS).status,
+        (receipt.dmarcVerdict or _NO_STATUS).status,
+        ascii_lower(policy) if policy else policy,
         millis,
         [action_type] if action_type else [],
         action.bucketName if s3 else None,

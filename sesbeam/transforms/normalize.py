@@ -33,6 +33,7 @@ __all__ = [
     "InvalidNotification",
     "MessageBuilder",
     "address_of",
+    "ascii_lower",
     "domain_of",
     "normalize_ses",
     "normalize_workmail",
@@ -114,6 +115,12 @@ def address_of(value: Any) -> str | None:
     return addr or None
 
 
+def ascii_lower(text: str) -> str:
+    """``text`` with ``A``-``Z`` lowercased and nothing else changed (``str.lower`` when
+    it is all ASCII: ten times quicker than the ``translate`` it equals then)."""
+    return text.lower() if text.isascii() else text.translate(_ASCII_LOWER)
+
+
 def domain_of(address: str | None) -> str | None:
     """Domain of an address: after the last ``@``, trimmed, trailing dots removed,
     ASCII-lowercased; None without one."""
@@ -122,7 +129,7 @@ def domain_of(address: str | None) -> str | None:
     at = address.rfind("@")
     if at < 0:
         return None
-    domain = address[at + 1:].strip(_DOMAIN_TRIM).rstrip(".").translate(_ASCII_LOWER)
+    domain = ascii_lower(address[at + 1:].strip(_DOMAIN_TRIM).rstrip("."))
     return domain or None
 
 
@@ -240,7 +247,7 @@ def normalize_ses(n: dict, envelope: str, source_uri: str, source_record: int) -
         _status(receipt.get("spfVerdict"), "receipt.spfVerdict"),
         _status(receipt.get("dkimVerdict"), "receipt.dkimVerdict"),
         _status(receipt.get("dmarcVerdict"), "receipt.dmarcVerdict"),
-        policy.translate(_ASCII_LOWER) if policy else policy,
+        ascii_lower(policy) if policy else policy,
         _int(receipt.get("processingTimeMillis"), "receipt.processingTimeMillis"),
         [action_type] if action_type else [],
         _str(action.get("bucketName"), "receipt.action.bucketName") if s3 else None,
