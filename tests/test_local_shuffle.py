@@ -3,7 +3,10 @@ large local runs get worker processes by default (``choose_local_workers``)."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -117,3 +120,23 @@ def test_worker_processes_with_shuffle_files_match_one_process(tmp_path):
     for table in TABLES:
         assert table_rows(tmp_path / "two", table) == table_rows(tmp_path / "one", table), table
     assert not (tmp_path / "two" / "_staging").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("start", ["fork", "spawn"])
+def test_the_command_s_worker_processes_match_one_process(tmp_path, start):
+    """``sesbeam batch`` as a process of its own (no other thread: it can fork its
+    workers) with two worker processes, forked or started afresh."""
+    archive = tmp_path / "archive"
+    generate_archive(str(archive), events=400, seed=9, bad_records=3, files_per_format=2)
+    one = run_batch(["--input", str(archive), "--output", str(tmp_path / "one")])
+    done = subprocess.run(
+        [sys.executable, "-m", "sesbeam", "batch", "--input", str(archive), "--output",
+         str(tmp_path / "two"), "--direct_running_mode=multi_processing",
+         "--direct_num_workers=2", f"--local_worker_start={start}", "--no-progress"],
+        capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    two = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert _comparable(two) == _comparable(one)
+    for table in TABLES:
+        assert table_rows(tmp_path / "two", table) == table_rows(tmp_path / "one", table), table

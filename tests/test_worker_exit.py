@@ -3,14 +3,21 @@ command and the worker processes of local runs (``python -m sesbeam.pipeline.wor
 
 from __future__ import annotations
 
+import json
+import os
+import socket
 import subprocess
 import sys
 import textwrap
+import threading
+
+import pytest
 
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.transforms.environments import SubprocessSDKEnvironment
 
+from sesbeam.pipeline import worker
 from sesbeam.pipeline.batch import DEFAULT_LOCAL_RUNNER, local_runner
 from sesbeam.pipeline.worker import COMMAND_MODULE
 
@@ -68,3 +75,92 @@ def test_worker_processes_run_sesbeam_s_worker_module():
     assert isinstance(direct, FnApiRunner)
     assert local_runner(PipelineOptions(["--runner=DirectRunner", "--streaming",
                                          "--direct_running_mode=multi_processing"])) is None
+
+
+# -- the fork server (``sesbeam.pipeline.worker.ForkServer``) ---------------------------------
+def _fake_server(reply: bytes | None):
+    """An abstract socket that answers one connection with ``reply`` (None: closes)."""
+    name = f"sesbeam-test-{os.getpid()}-{os.urandom(4).hex()}"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind("\0" + name)
+    listener.listen(1)
+    received = []
+
+    def serve():
+        conn, _ = listener.accept()
+        with conn:
+            received.append(worker._read_all(conn))
+            if reply:
+                conn.sendall(reply)
+        listener.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return name, thread, received
+
+
+@pytest.mark.parametrize("reply, code", [
+    (b"started\n0\n", 0),
+    (b"started\n3\n", 3),
+    (b"started\n", 1),  # started, then died without a word
+    (None, None),  # nothing started: the command runs the harness itself
+])
+def test_the_worker_command_takes_the_forked_worker_s_exit_code(reply, code):
+    name, thread, received = _fake_server(reply)
+    assert worker.run_in_fork_server(name, {"CONTROL_API_SERVICE_DESCRIPTOR": "x"}) == code
+    thread.join(5)
+    assert json.loads(received[0]) == {"env": {"CONTROL_API_SERVICE_DESCRIPTOR": "x"}}
+
+
+def test_the_worker_command_without_a_fork_server_runs_the_harness_itself():
+    assert worker.run_in_fork_server(f"sesbeam-test-none-{os.urandom(4).hex()}", {}) is None
+
+
+_FORKED_PIPELINE = """
+    import os, sys
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.testing.util import assert_that, equal_to
+    from sesbeam.pipeline import worker
+    from sesbeam.pipeline.batch import DEFAULT_LOCAL_RUNNER, local_runner
+
+    # A server asked for no worker is stopped, and reaped.
+    assert worker.can_fork()
+    idle = worker.ForkServer(1).start()
+    pid = idle.pid
+    stop_wait, worker._STOP_WAIT_S = worker._STOP_WAIT_S, 0.2
+    idle.stop()
+    try:
+        os.waitpid(pid, os.WNOHANG)
+        print("not reaped")
+    except ChildProcessError:
+        print("stopped")
+    worker._STOP_WAIT_S = stop_wait
+
+    assert worker.can_fork()  # the idle server started no thread here
+    server = worker.ForkServer(2).start()
+    options = PipelineOptions([f"--runner={DEFAULT_LOCAL_RUNNER}", "--direct_num_workers=2",
+                               "--direct_running_mode=multi_processing"])
+    try:
+        with beam.Pipeline(runner=local_runner(options), options=options) as p:
+            seen = (p | beam.Create(list(range(40))) | beam.Reshuffle()
+                    | beam.Map(lambda _, server=server.pid: (
+                        worker.forked(), os.getppid() == server, os.getpid())))
+            assert_that(seen | "Forked" >> beam.MapTuple(lambda f, p, pid: (f, p))
+                        | "OneKind" >> beam.Distinct(), equal_to([(True, True)]),
+                        label="AllForked")
+            assert_that(seen | "Pid" >> beam.MapTuple(lambda f, p, pid: pid)
+                        | "Pids" >> beam.Distinct()
+                        | beam.combiners.Count.Globally(), equal_to([2]),
+                        label="TwoWorkers")
+    finally:
+        server.stop()
+    print("ok")
+"""
+
+
+@pytest.mark.slow
+def test_forked_workers_run_the_pipeline():
+    done = _run(_FORKED_PIPELINE)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["stopped", "ok"]

@@ -6,12 +6,12 @@ import atexit
 import os
 import sys
 import threading
-from typing import NoReturn
+from typing import Callable, NoReturn
 
 __all__ = ["exit_now"]
 
 
-def exit_now(code: int) -> NoReturn:
+def exit_now(code: int, last: Callable[[], None] | None = None) -> NoReturn:
     """End this process with ``code`` once its work is done, skipping the teardown.
 
     At exit the interpreter clears every module and collects the objects several times;
@@ -21,6 +21,7 @@ def exit_now(code: int) -> NoReturn:
     normal exit does that others can observe happens first, in the same order: the
     non-daemon threads are joined, the ``atexit`` functions run (logging's flush, Beam's
     job-server shutdown, ``weakref.finalize``), and the standard streams are flushed.
+    ``last`` runs after all that, just before the process ends.
     """
     current = threading.current_thread()
     for thread in threading.enumerate():
@@ -32,4 +33,6 @@ def exit_now(code: int) -> NoReturn:
             stream.flush()
         except (AttributeError, OSError, ValueError):  # closed, or not a stream
             pass
+    if last is not None:
+        last()
     os._exit(code)

@@ -332,9 +332,13 @@ def run_batch(argv: list[str] | None = None) -> dict:
     run_dir = _make_run_dir(batch.shuffle_dir, batch.output, run_id) \
         if files or workers else None
     shuffle_dir = run_dir if files else None
-    if workers:
-        _share_progress(run_dir)
+    forks = worker.ForkServer(workers) \
+        if workers and batch.local_worker_start == "fork" and worker.can_fork() else None
     try:
+        if forks is not None:
+            forks.start()  # before any thread of this process starts (see ForkServer)
+        if workers:
+            _share_progress(run_dir)
         with beam.Pipeline(runner=local_runner(options), options=options) as pipeline:
             build_batch(pipeline, batch.input, batch.output, window_s=window_s, run_id=run_id,
                         dedupe_buckets=batch.dedupe_buckets, certificates=certificates,
@@ -342,6 +346,8 @@ def run_batch(argv: list[str] | None = None) -> dict:
                         max_record_bytes=batch.max_record_bytes,
                         incremental=batch.incremental, shuffle_dir=shuffle_dir)
     finally:
+        if forks is not None:
+            forks.stop()
         if workers:
             progress.reporter().unfollow()
             os.environ.pop(progress.DIR_ENV, None)
