@@ -154,24 +154,28 @@ beam.coders.registry.register_coder(pa.RecordBatch, RecordBatchCoder)
 # receives its share as one gRPC message, held three times); with paths, those copies are
 # a few kilobytes, and the rows stay on disk between the two stages. The directory must be
 # one that every worker of the run can read: a local folder, for local runners only.
+# Files hold the IPC stream uncompressed (~580 bytes per message row on disk while the
+# shuffle lasts): zstd would save disk for ~1.9 us of CPU per row and shuffle (pack 1.72
+# against 0.39 us, unpack 0.75 against 0.17 us, measured on 57,000 rows split in 16 parts).
 _PACK_CODEC = pa.Codec("zstd", compression_level=1)
-_PACK_MAGIC = b"SBZ1"
+_PACK_MAGIC = b"SBZ1"  # zstd-compressed IPC stream, its size first
+_FILE_MAGIC = b"SBI1\0\0\0\0"  # IPC stream as is (8 bytes: its buffers stay 8-byte aligned)
 PACKED_SUFFIX = ".sbz"
 
 
 def pack(data: pa.RecordBatch | pa.Table, directory: str | None = None) -> bytes | str:
     """``data`` for a shuffle: zstd-compressed Arrow IPC bytes (see ``unpack``); with
-    ``directory``, those bytes in a new file there, and the file's path returned."""
-    raw = _ipc_buffer(data)  # compressed from Arrow's buffer: no copy to bytes first
+    ``directory``, the uncompressed IPC stream in a new file there, and the file's path
+    returned."""
+    raw = _ipc_buffer(data)
+    if directory is not None:
+        path = os.path.join(directory, uuid.uuid4().hex + PACKED_SUFFIX)
+        with open(path, "wb") as f:
+            f.write(_FILE_MAGIC)
+            f.write(raw)  # from Arrow's buffer: no copy to bytes first
+        return path
     head = _PACK_MAGIC + raw.size.to_bytes(8, "little")
-    body = _PACK_CODEC.compress(raw, asbytes=True)
-    if directory is None:
-        return head + body
-    path = os.path.join(directory, uuid.uuid4().hex + PACKED_SUFFIX)
-    with open(path, "wb") as f:
-        f.write(head)
-        f.write(body)
-    return path
+    return head + _PACK_CODEC.compress(raw, asbytes=True)
 
 
 def unpack(data: bytes | str | pa.RecordBatch | pa.Table) -> pa.Table:
@@ -187,6 +191,8 @@ def unpack(data: bytes | str | pa.RecordBatch | pa.Table) -> pa.Table:
         with open(path, "rb") as f:
             data = f.read()
         os.remove(path)
+        if data.startswith(_FILE_MAGIC):  # zero-copy: the table's buffers are ``data``'s
+            return pa.ipc.open_stream(memoryview(data)[len(_FILE_MAGIC):]).read_all()
     if not data.startswith(_PACK_MAGIC):
         raise ValueError("not a packed Arrow batch")
     size = int.from_bytes(data[4:12], "little")
