@@ -63,6 +63,21 @@ def test_any_block_split_gives_the_units_of_the_whole(sizes):
     assert units_of(stream_units(rechunk(data, sizes), limit)) == units_of(split_units(data))
 
 
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.integers(1, 3000), min_size=1, max_size=8), st.booleans(),
+       st.sampled_from([b"\n", b"\r\n", b"\n\n", b" \n\t"]))
+def test_lines_across_block_boundaries_give_the_units_of_the_whole(sizes, bom, sep):
+    """NDJSON whose lines straddle the blocks (the line from one block into the next is
+    decoded on its own, then the pass goes on in the new block), with a byte order mark,
+    CRLF or blank lines, and a Firehose run and a broken line among them."""
+    lines = [json.dumps(notification(f"n{i}")).encode() for i in range(25)]
+    lines[7] = lines[7] + lines[8]  # Firehose: two values on one line
+    lines[12] = b'{"broken": '
+    data = (b"\xef\xbb\xbf" if bom else b"") + sep.join(lines) + sep
+    limit = max(len(line) for line in lines) * 2
+    assert units_of(stream_units(rechunk(data, sizes), limit)) == units_of(split_units(data))
+
+
 def test_ndjson_units_come_out_as_the_blocks_arrive():
     """Whole lines are decoded while later blocks are still being read (and inflated, in
     the prefetch thread): the window is filled only for what needs it."""

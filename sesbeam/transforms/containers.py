@@ -264,11 +264,30 @@ def stream_units(blocks: Iterable[bytes], max_unit: int = DEFAULT_MAX_RECORD_BYT
             else:
                 parts.append(block)
                 size += len(block)
-        data = b"".join(parts) if len(parts) > 1 else tail
+        lines_only = not fill and size < window
+        found, start = 0, 0
+        if lines_only and len(parts) == 2 and tail and (nl := parts[1].find(b"\n")) >= 0:
+            # The line that runs from the tail into the new block, on its own, so that the
+            # block need not be copied behind the tail: if that line is one value, the
+            # pass goes on over the block itself, from the next line.
+            block = parts[1]
+            head = tail + block[:nl + 1]
+            splitter = _Splitter(head, final=False, max_unit=max_unit,
+                                 line_start=line_start, bom=base == 0, base=base,
+                                 lines_only=True, fast=fast, fast_lines=fast_lines)
+            for unit in splitter.units():
+                found += 1
+                yield unit
+            fast_lines = splitter.fast_lines
+            if splitter.stop < len(head):  # it needs more than a line: as without this
+                tail, base = head[splitter.stop:] + block[nl + 1:], base + splitter.stop
+                line_start, fill = splitter.line_start, not found or splitter.wants_window
+                continue
+            parts, base, line_start, start = [block], base + len(tail), True, nl + 1
+        data = b"".join(parts) if len(parts) > 1 else parts[0]
         splitter = _Splitter(data, final=eof, max_unit=max_unit, line_start=line_start,
-                             bom=base == 0, base=base, lines_only=not fill and size < window,
+                             bom=base == 0, base=base, lines_only=lines_only, start=start,
                              fast=fast, fast_lines=fast_lines)
-        found = 0
         for unit in splitter.units():
             found += 1
             yield unit
@@ -319,11 +338,13 @@ class _Splitter:
     Units start before the horizon (``len(data) - max_unit`` unless ``final``); after
     ``units()``, ``stop`` is where the next pass starts, ``line_start`` whether that is
     the start of a line, and ``skip`` ``"line"``/``"source"`` when the unit at ``stop``
-    is too large to be delimited in this window.
+    is too large to be delimited in this window. ``start``: where in ``data`` the pass
+    begins, at the start of a line (by default, its beginning, after a byte order mark
+    when ``bom``).
     """
 
     def __init__(self, data: bytes, *, final: bool, max_unit: int, line_start: bool,
-                 bom: bool, base: int = 0, lines_only: bool = False,
+                 bom: bool, base: int = 0, lines_only: bool = False, start: int = 0,
                  fast: Callable[[memoryview], Any] | None = None,
                  fast_lines: Callable[[memoryview], Any] | None = None):
         self.data, self.final, self.max_unit, self.base = data, final, max_unit, base
@@ -335,7 +356,7 @@ class _Splitter:
         # unit there needs a full pass.
         self.lines_only = lines_only and not final
         self.wants_window = False
-        self.pos = 3 if bom and data.startswith(_BOM) else 0
+        self.pos = start or (3 if bom and data.startswith(_BOM) else 0)
         self.prev_end = -1 if line_start else 0  # where the previous unit ended
         self.stop, self.line_start, self.skip = len(data), True, None
 
