@@ -17,6 +17,38 @@ PUBLIC_FIXTURES = Path(os.environ.get("SESBEAM_PUBLIC_FIXTURES",
                                       REPO.parent / "shared" / "fixtures" / "public"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _remove_unrun_pipelines_temp_dirs():
+    """Every ``beam.Pipeline`` makes a ``beam-pipeline-temp*`` folder that only ``run``
+    removes: tests that build a pipeline without running it would leave theirs behind.
+    Those this process made are removed at the end of the session."""
+    import shutil
+
+    import apache_beam.pipeline as beam_pipeline
+
+    made: list[str] = []
+    mkdtemp = beam_pipeline.tempfile.mkdtemp
+
+    def recording_mkdtemp(*args, **kwargs):
+        path = mkdtemp(*args, **kwargs)
+        made.append(path)
+        return path
+
+    class _Tempfile:  # ``tempfile`` as ``apache_beam.pipeline`` sees it, recording
+        def __getattr__(self, name):
+            return recording_mkdtemp if name == "mkdtemp" else getattr(tempfile, name)
+
+    import tempfile
+
+    beam_pipeline.tempfile = _Tempfile()
+    try:
+        yield
+    finally:
+        beam_pipeline.tempfile = tempfile
+        for path in made:
+            shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def public_fixtures() -> Path:
     if not PUBLIC_FIXTURES.is_dir():

@@ -300,3 +300,63 @@ def test_sender_domain_caches_stay_bounded(monkeypatch):
 def test_ascii_lower_changes_only_ascii_capitals(text):
     expected = "".join(chr(ord(c) + 32) if "A" <= c <= "Z" else c for c in text)
     assert ascii_lower(text) == expected
+
+
+def _lambda_events(texts):
+    """SES Lambda events made of the variants: the ``ses`` object as Lambda gives it (no
+    ``notificationType``) and as is, one to three records, a setup notification among
+    them, and events of other shapes."""
+    objects = []
+    for text in texts:
+        try:
+            n = json.loads(text)
+        except ValueError:
+            continue
+        if isinstance(n, dict):
+            objects.append(n)
+    events = []
+    for i, n in enumerate(objects):
+        lambda_form = {k: v for k, v in n.items() if k != "notificationType"}
+        records = [lambda_form, n, objects[(i + 1) % len(objects)]][: 1 + i % 3]
+        events.append({"Records": [{"eventSource": "aws:ses", "eventVersion": "1.0",
+                                    "ses": ses} for ses in records]})
+    setup = copy.deepcopy(_BASE)
+    setup["mail"]["messageId"] = "AMAZON_SES_SETUP_NOTIFICATION"
+    plain = {k: v for k, v in _BASE.items() if k != "notificationType"}
+    events += [
+        {"Records": [{"eventSource": "aws:ses", "ses": plain}, {"ses": setup}]},
+        {"Records": []},
+        {"Records": [{"eventSource": 1, "ses": plain}]},
+        {"Records": [{"ses": plain, "Sns": {}}]},
+        {"Records": [{"ses": plain}], "extra": 1},
+        {"Records": [plain]},
+    ]
+    lines = [json.dumps(e, ensure_ascii=False) for e in events]
+    lines.append('{"Records": [{"ses": %s}], "Records": []}' % json.dumps(plain))  # duplicate
+    lines.append('{"Records": [{"ses": %s, "x": 1e400}]}' % json.dumps(plain))
+    return lines
+
+
+@pytest.mark.skipif(not fastses.AVAILABLE, reason="msgspec not installed")
+def test_lambda_event_rows_equal_the_general_decoder(monkeypatch):
+    from sesbeam.transforms import decode as decode_module
+
+    lines = _lambda_events(list(_variants()))
+    # one source per event (a fast path turns off for the rest of a source where it
+    # first steps aside), and all of them in one source
+    sources = [line.encode("utf-8", "surrogatepass") for line in lines]
+    sources.append(b"\n".join(sources))
+    results = []
+    for fast in (False, True):
+        with monkeypatch.context() as m:
+            if not fast:
+                m.setattr(fastses, "AVAILABLE", False)
+                m.setattr(decode_module, "_BARE", None)
+            decoded = [decode_source(SourceFile(f"s3://b/k{i}", data, 1))
+                       for i, data in enumerate(sources)]
+        results.append([([r for b in d.messages for r in b.to_pylist()],
+                         d.dead_letters.to_pylist() if d.dead_letters is not None else [],
+                         d.tally) for d in decoded])
+    assert results[0] == results[1]
+    taken = sum(fastses.lambda_event(data) is not None for data in sources[:-1])
+    assert 100 < taken < len(lines)  # both paths were exercised

@@ -104,7 +104,9 @@ _JSON_DEPTH = 2000
 _DEAD_BATCH_ROWS = 4096
 _DEAD_BATCH_BYTES = 64 << 20
 #: Bare receipt notifications (Firehose, NDJSON) decoded by msgspec as they are cut out.
-_BARE = fastses.bare_notification if fastses.AVAILABLE else None
+_BARE = fastses.fast_unit if fastses.AVAILABLE else None
+#: What ``_BARE`` makes of a unit: its rows are added as they are (``_SourceDecoder.unit``).
+_FAST_UNITS = (fastses.BareNotification, fastses.LambdaRows)
 
 
 class SourceFile(NamedTuple):
@@ -256,6 +258,10 @@ class _SourceDecoder:
         """Decode one top-level unit. True when it was one bare notification (a row)."""
         if type(value) is fastses.BareNotification:
             self.add_row(value.row(self.uri, self.records))
+            return True
+        if type(value) is fastses.LambdaRows:
+            for row in value.rows(self.uri, self.records):
+                self.add_row(row)
             return True
         if isinstance(value, list):  # a JSON array container: each element is a unit
             for i, item in enumerate(value):
@@ -580,15 +586,16 @@ def _decode_units(decoder: _SourceDecoder, units, head: _Head):
     fast = fastses.AVAILABLE and decoder.certificates is None
     for offset, raw, value, error in units:
         if not holding and not bad and (
-                type(value) is fastses.BareNotification and decoder.unit(offset, raw, value)
+                type(value) in _FAST_UNITS and decoder.unit(offset, raw, value)
                 or fast and type(value) is dict and decoder.fast_sns(value)):
-            # The common units, a bare notification cut out and decoded by ``stream_units``
-            # or an SNS envelope of one, without the checkpoint (neither can fail half-way)
-            # and the layers below (same row, same counts: see ``fast_sns``).
+            # The common units, a bare notification or an SES Lambda event cut out and
+            # decoded by ``stream_units``, or an SNS envelope of a notification, without the
+            # checkpoint (none can fail half-way) and the layers below (same rows, same
+            # counts: see ``fastses.lambda_event`` and ``fast_sns``).
             if len(decoder.builder) >= MAX_BATCH_ROWS:
                 yield from decoder.take()
             continue
-        if error is None and isinstance(value, (dict, list, fastses.BareNotification)):
+        if error is None and isinstance(value, (dict, list, *_FAST_UNITS)):
             holding = False
             head.release()
             _flush_bad(decoder, bad)

@@ -31,7 +31,8 @@ from sesbeam.transforms.normalize import (
     parse_time_ms,
 )
 
-__all__ = ["AVAILABLE", "BareNotification", "bare_notification", "ses_row"]
+__all__ = ["AVAILABLE", "BareNotification", "LambdaRows", "bare_notification", "fast_unit",
+           "lambda_event", "ses_row"]
 
 AVAILABLE = msgspec is not None
 _SETUP = "AMAZON_SES_SETUP_NOTIFICATION"
@@ -119,6 +120,20 @@ if AVAILABLE:
 
     _DECODER = msgspec.json.Decoder(_Notification)
 
+    class _LambdaSes(_Struct):  # the ``ses`` object of an SES Lambda action record
+        mail: _Mail
+        receipt: Union[_Receipt, None] = None
+
+    class _LambdaRecord(_Struct):
+        ses: _LambdaSes
+        eventSource: _Str = None
+        eventVersion: _Str = None
+
+    class _LambdaEvent(_Struct):
+        Records: list[_LambdaRecord]
+
+    _LAMBDA_DECODER = msgspec.json.Decoder(_LambdaEvent)
+
 _NO_RECEIPT = _Receipt() if AVAILABLE else None
 _NO_STATUS = _Status() if AVAILABLE else None
 _NO_HEADERS = _CommonHeaders() if AVAILABLE else None
@@ -175,16 +190,27 @@ def ses_row(text: str, envelope: str, source_uri: str, source_record: int) -> tu
     """The messages row of the notification JSON ``text``, or None (decode it generally)."""
     try:
         n = _DECODER.decode(text)
-        mail = n.mail
-        if n.notificationType != "Received" or not mail.messageId or mail.messageId == _SETUP:
+    except Exception:  # noqa: BLE001 - malformed, mistyped, lone surrogates...: the general
+        return None    # path decides (and words the dead letter)
+    if n.notificationType != "Received":
+        return None
+    return _row(n.mail, n.receipt, envelope, source_uri, source_record)
+
+
+def _row(mail, receipt, envelope: str, source_uri: str, source_record: int) -> tuple | None:
+    """The messages row of a decoded receipt notification's ``mail`` and ``receipt`` (the
+    row ``normalize_ses`` gives), or None: a setup notification, no ``messageId``, or a
+    value ``normalize_ses`` would reject or take another way."""
+    try:
+        if not mail.messageId or mail.messageId == _SETUP:
             return None
         event_time = parse_time_ms(mail.timestamp, "mail.timestamp")
-        receipt = n.receipt or _NO_RECEIPT
+        receipt = receipt or _NO_RECEIPT
         receipt_ts = receipt.timestamp
         receipt_time = parse_time_ms(receipt_ts, "receipt.timestamp") \
             if receipt_ts is not None else None
-    except Exception:  # noqa: BLE001 - malformed, mistyped, lone surrogates...: the general
-        return None    # path decides (and words the dead letter)
+    except Exception:  # noqa: BLE001 - the general path decides
+        return None
     millis = receipt.processingTimeMillis
     if millis is not None and not _MIN_INT <= millis <= _MAX_INT:
         return None
@@ -256,3 +282,42 @@ def bare_notification(raw) -> BareNotification | None:
     the general decoder's; and msgspec accepted all of ``raw``, which is one JSON object."""
     row = ses_row(raw, "raw", "", 0)
     return None if row is None else BareNotification(row)
+
+
+class LambdaRows:
+    """A container unit that is one SES Lambda event, decoded: ``rows(uri, record)`` are
+    the messages rows of its records, numbered on from ``record``."""
+
+    __slots__ = ("_rows",)
+
+    def __init__(self, rows: list[tuple]):
+        self._rows = rows
+
+    def rows(self, source_uri: str, first_record: int) -> list[tuple]:
+        return [row[:-2] + (source_uri, first_record + i) for i, row in enumerate(self._rows)]
+
+
+def lambda_event(raw) -> LambdaRows | None:
+    """The unit ``raw`` (bytes) as ``LambdaRows`` when it is an SES Lambda event whose
+    every record ``_row`` decodes, else None. As a top-level unit such an object (only
+    ``Records``, a non-empty list of objects with only ``eventSource``, ``eventVersion``
+    and a ``ses`` object of ``mail`` and ``receipt``) goes to ``records_event``, each
+    record to ``leaf`` as a ``Received`` notification with envelope ``lambda``, and so to
+    ``normalize_ses``, one record after the other: the rows are the general decoder's."""
+    try:
+        event = _LAMBDA_DECODER.decode(raw)
+    except Exception:  # noqa: BLE001 - the general path decides
+        return None
+    rows = []
+    for record in event.Records:
+        row = _row(record.ses.mail, record.ses.receipt, "lambda", "", 0)
+        if row is None:
+            return None
+        rows.append(row)
+    return LambdaRows(rows) if rows else None
+
+
+def fast_unit(raw) -> BareNotification | LambdaRows | None:
+    """A top-level unit decoded by msgspec: a bare receipt notification
+    (``bare_notification``) or an SES Lambda event (``lambda_event``); else None."""
+    return bare_notification(raw) or lambda_event(raw)
