@@ -199,7 +199,7 @@ def test_bare_notifications_decoded_as_they_are_cut_out_equal_the_general_decode
 
     results = []
     for fast in (None, bare):
-        monkeypatch.setattr(decode_module, "_BARE", fast)
+        monkeypatch.setattr(decode_module, "_FAST_UNIT", fast)
         d = decode_source(SourceFile("file:///x.json.gz", gzip.compress(data)))
         results.append(([b.to_pylist() for b in d.messages], d.dead_letters.to_pylist(),
                          d.tally))

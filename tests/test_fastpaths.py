@@ -351,7 +351,7 @@ def test_lambda_event_rows_equal_the_general_decoder(monkeypatch):
         with monkeypatch.context() as m:
             if not fast:
                 m.setattr(fastses, "AVAILABLE", False)
-                m.setattr(decode_module, "_BARE", None)
+                m.setattr(decode_module, "_FAST_UNIT", None)
             decoded = [decode_source(SourceFile(f"s3://b/k{i}", data, 1))
                        for i, data in enumerate(sources)]
         results.append([([r for b in d.messages for r in b.to_pylist()],

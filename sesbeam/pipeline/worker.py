@@ -110,12 +110,6 @@ class ForkServer:
         except (ChildProcessError, ProcessLookupError):
             pass
 
-    def __enter__(self) -> "ForkServer":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
 
 def _serve(listener: socket.socket, workers: int) -> None:
     """The fork server: one forked worker per connection, then the reaper."""

@@ -103,10 +103,9 @@ _JSON_DEPTH = 2000
 #: Dead letters are emitted in batches of at most this many rows or raw bytes.
 _DEAD_BATCH_ROWS = 4096
 _DEAD_BATCH_BYTES = 64 << 20
-#: Bare receipt notifications (Firehose, NDJSON) decoded by msgspec as they are cut out.
-_BARE = fastses.fast_unit if fastses.AVAILABLE else None
-#: What ``_BARE`` makes of a unit: its rows are added as they are (``_SourceDecoder.unit``).
-_FAST_UNITS = (fastses.BareNotification, fastses.LambdaRows)
+#: Bare receipt notifications (Firehose, NDJSON) and SES Lambda events decoded by msgspec
+#: as they are cut out (``fastses.DecodedUnit``).
+_FAST_UNIT = fastses.fast_unit if fastses.AVAILABLE else None
 
 
 class SourceFile(NamedTuple):
@@ -256,10 +255,7 @@ class _SourceDecoder:
     # -- layers ---------------------------------------------------------------------------
     def unit(self, offset: int, raw: bytes | memoryview, value: Any) -> bool:
         """Decode one top-level unit. True when it was one bare notification (a row)."""
-        if type(value) is fastses.BareNotification:
-            self.add_row(value.row(self.uri, self.records))
-            return True
-        if type(value) is fastses.LambdaRows:
+        if type(value) is fastses.DecodedUnit:
             for row in value.rows(self.uri, self.records):
                 self.add_row(row)
             return True
@@ -547,7 +543,7 @@ def decode_stream(uri: str, chunks: Iterable[bytes] | None, mtime_ms: int | None
     try:
         head = _Head(prefetched, max_record_bytes)
         try:
-            units = stream_units(head, max_record_bytes, fast=_BARE)
+            units = stream_units(head, max_record_bytes, fast=_FAST_UNIT)
             yield from _decode_units(decoder, units, head)
         except Exception as e:  # noqa: BLE001 - bad input must never stop a run
             prefetched.close()
@@ -586,7 +582,7 @@ def _decode_units(decoder: _SourceDecoder, units, head: _Head):
     fast = fastses.AVAILABLE and decoder.certificates is None
     for offset, raw, value, error in units:
         if not holding and not bad and (
-                type(value) in _FAST_UNITS and decoder.unit(offset, raw, value)
+                type(value) is fastses.DecodedUnit and decoder.unit(offset, raw, value)
                 or fast and type(value) is dict and decoder.fast_sns(value)):
             # The common units, a bare notification or an SES Lambda event cut out and
             # decoded by ``stream_units``, or an SNS envelope of a notification, without the
@@ -595,7 +591,7 @@ def _decode_units(decoder: _SourceDecoder, units, head: _Head):
             if len(decoder.builder) >= MAX_BATCH_ROWS:
                 yield from decoder.take()
             continue
-        if error is None and isinstance(value, (dict, list, *_FAST_UNITS)):
+        if error is None and isinstance(value, (dict, list, fastses.DecodedUnit)):
             holding = False
             head.release()
             _flush_bad(decoder, bad)

@@ -31,8 +31,8 @@ from sesbeam.transforms.normalize import (
     parse_time_ms,
 )
 
-__all__ = ["AVAILABLE", "BareNotification", "LambdaRows", "bare_notification", "fast_unit",
-           "lambda_event", "ses_row"]
+__all__ = ["AVAILABLE", "DecodedUnit", "bare_notification", "fast_unit", "lambda_event",
+           "ses_row"]
 
 AVAILABLE = msgspec is not None
 _SETUP = "AMAZON_SES_SETUP_NOTIFICATION"
@@ -261,32 +261,10 @@ def _row(mail, receipt, envelope: str, source_uri: str, source_record: int) -> t
     )
 
 
-class BareNotification:
-    """A container unit that is one bare receipt notification (Firehose, NDJSON), decoded:
-    ``row(uri, record)`` is its messages row."""
-
-    __slots__ = ("_row",)
-
-    def __init__(self, row: tuple):
-        self._row = row
-
-    def row(self, source_uri: str, source_record: int) -> tuple:
-        return self._row[:-2] + (source_uri, source_record)
-
-
-def bare_notification(raw) -> BareNotification | None:
-    """The unit ``raw`` (bytes) as a ``BareNotification`` when it is a receipt notification
-    that ``ses_row`` decodes, else None. As a top-level unit such an object goes to
-    ``normalize_ses`` with envelope ``raw`` (it has no ``Records``, ``Type``/``Message``,
-    ``summaryVersion`` or ``eventType`` key: ``ses_row`` refuses unknown keys), so the row is
-    the general decoder's; and msgspec accepted all of ``raw``, which is one JSON object."""
-    row = ses_row(raw, "raw", "", 0)
-    return None if row is None else BareNotification(row)
-
-
-class LambdaRows:
-    """A container unit that is one SES Lambda event, decoded: ``rows(uri, record)`` are
-    the messages rows of its records, numbered on from ``record``."""
+class DecodedUnit:
+    """A container unit decoded by msgspec as it was cut out (``fast_unit``): one bare
+    notification or one SES Lambda event. ``rows(uri, record)`` are its messages rows,
+    numbered on from ``record``."""
 
     __slots__ = ("_rows",)
 
@@ -297,8 +275,18 @@ class LambdaRows:
         return [row[:-2] + (source_uri, first_record + i) for i, row in enumerate(self._rows)]
 
 
-def lambda_event(raw) -> LambdaRows | None:
-    """The unit ``raw`` (bytes) as ``LambdaRows`` when it is an SES Lambda event whose
+def bare_notification(raw) -> DecodedUnit | None:
+    """The unit ``raw`` (bytes) as a ``DecodedUnit`` when it is a receipt notification
+    that ``ses_row`` decodes, else None. As a top-level unit such an object goes to
+    ``normalize_ses`` with envelope ``raw`` (it has no ``Records``, ``Type``/``Message``,
+    ``summaryVersion`` or ``eventType`` key: ``ses_row`` refuses unknown keys), so the row is
+    the general decoder's; and msgspec accepted all of ``raw``, which is one JSON object."""
+    row = ses_row(raw, "raw", "", 0)
+    return None if row is None else DecodedUnit([row])
+
+
+def lambda_event(raw) -> DecodedUnit | None:
+    """The unit ``raw`` (bytes) as a ``DecodedUnit`` when it is an SES Lambda event whose
     every record ``_row`` decodes, else None. As a top-level unit such an object (only
     ``Records``, a non-empty list of objects with only ``eventSource``, ``eventVersion``
     and a ``ses`` object of ``mail`` and ``receipt``) goes to ``records_event``, each
@@ -314,10 +302,10 @@ def lambda_event(raw) -> LambdaRows | None:
         if row is None:
             return None
         rows.append(row)
-    return LambdaRows(rows) if rows else None
+    return DecodedUnit(rows) if rows else None
 
 
-def fast_unit(raw) -> BareNotification | LambdaRows | None:
+def fast_unit(raw) -> DecodedUnit | None:
     """A top-level unit decoded by msgspec: a bare receipt notification
     (``bare_notification``) or an SES Lambda event (``lambda_event``); else None."""
     return bare_notification(raw) or lambda_event(raw)
