@@ -34,7 +34,8 @@ import time
 
 from sesbeam.pipeline._exit import exit_now
 
-__all__ = ["COMMAND_MODULE", "FORK_SERVER_ENV", "ForkServer", "can_fork", "forked", "main"]
+__all__ = ["COMMAND_MODULE", "FORK_SERVER_ENV", "ForkServer", "can_fork", "forked", "main",
+           "run_in_fork_server"]
 
 COMMAND_MODULE = "sesbeam.pipeline.worker"
 #: The abstract Unix socket name of the run's fork server, in the runner's environment.

@@ -192,7 +192,7 @@ def unpack(data: bytes | str | pa.RecordBatch | pa.Table) -> pa.Table:
             data = f.read()
         os.remove(path)
         if data.startswith(_FILE_MAGIC):  # zero-copy: the table's buffers are ``data``'s
-            return pa.ipc.open_stream(memoryview(data)[len(_FILE_MAGIC):]).read_all()
+            return table_from_ipc(memoryview(data)[len(_FILE_MAGIC):])
     if not data.startswith(_PACK_MAGIC):
         raise ValueError("not a packed Arrow batch")
     size = int.from_bytes(data[4:12], "little")
