@@ -33,7 +33,7 @@ from sesbeam.transforms._arrow import (  # noqa: E402
     to_batches,
     unpack,
 )
-from sesbeam.transforms.analytics import sender_partial, verdict_partial  # noqa: E402
+from sesbeam.transforms.analytics import sender_partials, verdict_partials  # noqa: E402
 from sesbeam.transforms.decode import SourceFile, decode_source, decompress, split_units  # noqa: E402
 from sesbeam.transforms.dedupe import _bucket_parts, dedupe_table  # noqa: E402
 from sesbeam.transforms.write import write_parquet  # noqa: E402
@@ -89,10 +89,9 @@ def main(argv=None) -> dict:
                                              for v in buckets.values()])
     out = clock("to_batches", lambda: [b for t in deduped for b in to_batches(t)])
     day = MS_PER_DAY
-    windows = clock("split by window", lambda: [
-        p for b in out for p in partition(b, epoch_ms(b.column("event_time")) // day * day)])
-    clock("verdict_partial", lambda: [verdict_partial(p) for _, p in windows])
-    clock("sender_partial", lambda: [sender_partial(p) for _, p in windows])
+    # as the batch pipeline's statistics: each batch's partial counts, all its windows at once
+    clock("verdict_partials", lambda: [p for b in out for p in verdict_partials(b, day)])
+    clock("sender_partials", lambda: [p for b in out for p in sender_partials(b, day)])
     days = clock("split by day + pack", lambda: [
         (k, pack(p)) for b in out
         for k, p in partition(b, epoch_ms(b.column("event_time")) // day)])

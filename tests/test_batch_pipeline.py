@@ -229,3 +229,58 @@ def test_big_partitions_are_written_in_sorted_row_groups_and_rolled_files(tmp_pa
             times = pq.ParquetFile(path).read_row_group(g, columns=["event_time"]).column(0)
             assert times.to_pylist() == sorted(times.to_pylist())
     assert rows == manifest["messages"]
+
+
+def test_statistics_of_partials_by_window_equal_those_of_windowed_messages():
+    """The batch graph windows each batch's partial counts (``ComputeVerdictStats(window_s)``)
+    instead of the messages (``WindowMessages`` then ``ComputeVerdictStats()``, as the
+    streaming graph does): the same rows, window by window, through the FnApiRunner."""
+    from collections import defaultdict
+
+    import apache_beam as beam
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from sesbeam.pipeline.batch import DEFAULT_LOCAL_RUNNER
+    from sesbeam.transforms import ComputeSenderStats, ComputeVerdictStats, WindowMessages
+    from tests.test_dedupe_analytics import expected_senders, expected_verdicts, make_rows
+    from tests.test_dedupe_analytics import table as messages_table
+
+    hour = 3_600_000
+    rows = make_rows(2000, seed=4)
+    by_window = defaultdict(list)
+    for r in rows:
+        by_window[r["event_time"] // hour * hour].append(r)
+    assert len(by_window) > 40
+
+    def ms(value: datetime) -> int:
+        return round(value.timestamp() * 1000)
+
+    def verdict_rows(batch):
+        for r in batch.to_pylist():
+            assert ms(r["window_end"]) - ms(r["window_start"]) == hour
+            yield ms(r["window_start"]), r["verdict"], r["status"], r["messages"], \
+                r["pane_timing"]
+
+    def sender_rows(batch):
+        for r in batch.to_pylist():
+            counts = {k: v for k, v in r.items() if isinstance(v, int) and v
+                      and k != "pane_index"}
+            counts.update(first_seen=ms(r["first_seen"]), last_seen=ms(r["last_seen"]))
+            yield ms(r["window_start"]), r["sender_domain"], tuple(sorted(counts.items()))
+
+    want_verdicts = [(w, v, s, n, "ON_TIME") for w, rs in by_window.items()
+                     for (v, s), n in expected_verdicts(rs).items()]
+    want_senders = [(w, d, tuple(sorted({k: v for k, v in c.items() if v}.items())))
+                    for w, rs in by_window.items() for d, c in expected_senders(rs).items()]
+    options = beam.options.pipeline_options.PipelineOptions(runner=DEFAULT_LOCAL_RUNNER)
+    with beam.Pipeline(options=options) as p:
+        messages = p | beam.Create(messages_table(rows).to_batches(max_chunksize=300))
+        windowed = messages | WindowMessages(3600)
+        for label, stats in (("partials", messages | "V1" >> ComputeVerdictStats(3600)),
+                             ("windowed", windowed | "V2" >> ComputeVerdictStats())):
+            assert_that(stats | f"VRows{label}" >> beam.FlatMap(verdict_rows),
+                        equal_to(want_verdicts), label=f"Verdicts{label}")
+        for label, stats in (("partials", messages | "S1" >> ComputeSenderStats(3600)),
+                             ("windowed", windowed | "S2" >> ComputeSenderStats())):
+            assert_that(stats | f"SRows{label}" >> beam.FlatMap(sender_rows),
+                        equal_to(want_senders), label=f"Senders{label}")

@@ -14,8 +14,10 @@ from sesbeam.transforms.analytics import (
     TableCombineFn,
     sender_merge,
     sender_partial,
+    sender_partials,
     verdict_merge,
     verdict_partial,
+    verdict_partials,
     with_window,
 )
 from sesbeam.transforms.dedupe import bucket_of, dedupe_table, merge_rows
@@ -196,6 +198,55 @@ def test_combiners_merge_equals_sequential(splits):
     want = {k: Counter({kk: vv for kk, vv in v.items() if vv}) for k, v in
             expected_senders(rows).items()}
     assert got == want
+
+
+def _sorted(t: pa.Table, keys) -> pa.Table:
+    return t.sort_by([(k, "ascending") for k in keys])
+
+
+@pytest.mark.parametrize("size_ms", [900_000, 3_600_000, 86_400_000, 7 * 86_400_000])
+def test_partials_of_all_windows_at_once_equal_each_window_alone(size_ms):
+    """``*_partials`` over a batch equal ``*_partial`` of each window's rows alone, for
+    every window its rows fall in (times before the epoch and null keys included)."""
+    rows = make_rows(3000, seed=11)
+    rows[0]["event_time"], rows[1]["event_time"] = -1, -size_ms - 5
+    rows[2]["envelope"], rows[2]["event_time"] = "workmail", 10 * 365 * 86_400_000  # alone
+    by_window = defaultdict(list)
+    for r in rows:
+        by_window[r["event_time"] // size_ms * size_ms].append(r)
+    assert len(by_window) > 2
+    verdicts = dict(verdict_partials(table(rows), size_ms))
+    senders = dict(sender_partials(table(rows).to_batches(max_chunksize=10**6)[0], size_ms))
+    assert set(senders) == set(by_window)
+    assert set(verdicts) == {w for w, rs in by_window.items()
+                             if any(r["envelope"] != "workmail" for r in rs)}
+    for start, window_rows in by_window.items():
+        alone = table(window_rows)
+        want = {k: Counter({kk: vv for kk, vv in v.items() if vv}) for k, v in
+                expected_senders(window_rows).items()}
+        assert as_senders(senders[start]) == want
+        assert _sorted(senders[start], ["sender_domain"]).equals(
+            _sorted(sender_partial(alone), ["sender_domain"]))
+        if start in verdicts:
+            assert as_verdicts(verdicts[start]) == expected_verdicts(window_rows)
+            assert _sorted(verdicts[start], ["verdict", "status"]).equals(
+                _sorted(verdict_partial(alone), ["verdict", "status"]))
+    assert list(verdict_partials(table([]), size_ms)) == []
+    assert list(sender_partials(table([]), size_ms)) == []
+    assert verdict_partial(table([rows[2]])).num_rows == 0  # WorkMail rows only
+
+
+def test_combine_of_ready_partials():
+    """``TableCombineFn(None, merge)`` takes partial tables as they come."""
+    rows = make_rows(500, seed=3)
+    fn = TableCombineFn(None, sender_merge, sender_partial(table(rows[:0])).schema)
+    parts = [sender_partial(table(rows[i:i + 50])) for i in range(0, 500, 50)]
+    got = as_senders(run_combine(fn, parts, 3))
+    assert got == {k: Counter({kk: vv for kk, vv in v.items() if vv}) for k, v in
+                   expected_senders(rows).items()}
+    empty = verdict_partial(table([]))
+    assert verdict_merge([empty, empty]).equals(empty) and sender_merge([parts[0]]).equals(
+        parts[0].sort_by("sender_domain").combine_chunks()) is not None
 
 
 def test_empty_combine_and_window_columns():

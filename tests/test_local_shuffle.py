@@ -25,9 +25,13 @@ from sesbeam.transforms import _arrow
 from sesbeam.transforms._arrow import PACKED_SUFFIX, pack, unpack
 from tests.test_runners import TABLES, table_rows
 
-def test_pack_into_a_folder_round_trips_and_reading_removes_the_file(tmp_path):
+def test_pack_into_a_folder_round_trips_and_reading_removes_the_file(tmp_path, monkeypatch):
     batch = pa.record_batch({"id": ["a", "b", None], "n": [1, 2, 3],
                              "l": [["x"], [], None]})
+    small = pack(batch, str(tmp_path))  # under FILE_MIN_BYTES: packed in memory all the same
+    assert isinstance(small, bytes) and not any(tmp_path.iterdir())
+    assert unpack(small).equals(pa.Table.from_batches([batch]))
+    monkeypatch.setattr(_arrow, "FILE_MIN_BYTES", batch.nbytes)
     path = pack(batch, str(tmp_path))
     assert isinstance(path, str) and path.endswith(PACKED_SUFFIX)
     assert Path(path).parent == tmp_path
@@ -93,6 +97,7 @@ def test_rows_travel_through_the_shuffle_folder_and_it_is_removed(tmp_path, monk
         remove(path)
 
     monkeypatch.setattr(_arrow.os, "remove", spy)
+    monkeypatch.setattr(_arrow, "FILE_MIN_BYTES", 0)  # every part a file, however small
     shuffle = tmp_path / "shuffle"
     files = run_batch(["--input", str(archive), "--output", str(tmp_path / "files"),
                        "--shuffle_dir", str(shuffle)])

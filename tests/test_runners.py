@@ -98,7 +98,7 @@ def test_dataflow_runner_dry_run_translates(tmp_path):
         "ReadArchives", "ReadArchives/List", "ReadArchives/Distribute",
         "DecodeNotifications", "DecodeNotifications/Decode",
         "DeduplicateMessages", "DeduplicateMessages/GroupByBucket",
-        "WindowMessages", "ComputeVerdictStats", "ComputeSenderStats",
+        "ComputeVerdictStats", "ComputeVerdictStats/PartialsByWindow", "ComputeSenderStats",
         "Write_messages", "Write_verdict_stats", "Write_sender_stats", "Write_dead_letters",
         "Write_messages/WriteParquet", "AllTallies", "CommitOutput", "CommitOutput/Commit",
     }

@@ -39,7 +39,6 @@ from sesbeam.transforms import (
     DecodeNotifications,
     DeduplicateMessages,
     ReadArchives,
-    WindowMessages,
     WriteTable,
 )
 
@@ -113,11 +112,10 @@ def build_batch(pipeline: beam.Pipeline, inputs: list[str], output: str, *, wind
         kept = messages | "DropEarlierMessages" >> DropEarlierMessages(output)
         messages = kept["messages"]
         extra_tallies.append(kept["tallies"])
-    windowed = messages | WindowMessages(window_s)
     tables = {
         "messages": messages,
-        "verdict_stats": windowed | ComputeVerdictStats(),
-        "sender_stats": windowed | ComputeSenderStats(),
+        "verdict_stats": messages | ComputeVerdictStats(window_s),
+        "sender_stats": messages | ComputeSenderStats(window_s),
         "dead_letters": dead_letters,
     }
     written = [pcoll | f"Write_{name}" >> WriteTable(staging, name, run_id, shuffle_dir)

@@ -157,18 +157,23 @@ beam.coders.registry.register_coder(pa.RecordBatch, RecordBatchCoder)
 # Files hold the IPC stream uncompressed (~580 bytes per message row on disk while the
 # shuffle lasts): zstd would save disk for ~1.9 us of CPU per row and shuffle (pack 1.72
 # against 0.39 us, unpack 0.75 against 0.17 us, measured on 57,000 rows split in 16 parts).
+# Parts under ``FILE_MIN_BYTES`` are packed in memory all the same: a file costs about a
+# millisecond to create, write and remove here, and a run with 15-minute statistics
+# windows over a week shuffles ~1,300 tables of a few hundred rows each.
 _PACK_CODEC = pa.Codec("zstd", compression_level=1)
 _PACK_MAGIC = b"SBZ1"  # zstd-compressed IPC stream, its size first
 _FILE_MAGIC = b"SBI1\0\0\0\0"  # IPC stream as is (8 bytes: its buffers stay 8-byte aligned)
 PACKED_SUFFIX = ".sbz"
+#: Smallest part (Arrow bytes) that ``pack(..., directory)`` writes to a file.
+FILE_MIN_BYTES = 256 << 10
 
 
 def pack(data: pa.RecordBatch | pa.Table, directory: str | None = None) -> bytes | str:
     """``data`` for a shuffle: zstd-compressed Arrow IPC bytes (see ``unpack``); with
-    ``directory``, the uncompressed IPC stream in a new file there, and the file's path
-    returned."""
+    ``directory``, and at least ``FILE_MIN_BYTES`` of data, the uncompressed IPC stream in
+    a new file there, and the file's path returned."""
     raw = _ipc_buffer(data)
-    if directory is not None:
+    if directory is not None and data.nbytes >= FILE_MIN_BYTES:
         path = os.path.join(directory, uuid.uuid4().hex + PACKED_SUFFIX)
         with open(path, "wb") as f:
             f.write(_FILE_MAGIC)
