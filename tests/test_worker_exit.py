@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import pytest
 
@@ -116,6 +117,23 @@ def test_the_worker_command_without_a_fork_server_runs_the_harness_itself():
     assert worker.run_in_fork_server(f"sesbeam-test-none-{os.urandom(4).hex()}", {}) is None
 
 
+def test_a_command_left_in_the_backlog_of_a_closing_server_runs_the_harness_itself():
+    """A server closes its listener once it has forked its workers: a command whose
+    connection was still waiting in the backlog is reset, and runs the harness itself."""
+    name = f"sesbeam-test-{os.urandom(4).hex()}"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind("\0" + name)
+    listener.listen(4)
+    got = []
+    command = threading.Thread(target=lambda: got.append(
+        worker.run_in_fork_server(name, {"A": "1"})))
+    command.start()
+    time.sleep(0.3)  # connected, request sent, waiting for the reply: never accepted
+    listener.close()
+    command.join(5)
+    assert got == [None]
+
+
 _FORKED_PIPELINE = """
     import os, sys
     import apache_beam as beam
@@ -164,3 +182,36 @@ def test_forked_workers_run_the_pipeline():
     done = _run(_FORKED_PIPELINE)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split() == ["stopped", "ok"]
+
+
+_OVER_REQUEST = """
+    import os
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.testing.util import assert_that, equal_to
+    from sesbeam.pipeline import worker
+    from sesbeam.pipeline.batch import DEFAULT_LOCAL_RUNNER, local_runner
+
+    server = worker.ForkServer(1).start()  # one fork for a runner that starts two workers
+    options = PipelineOptions([f"--runner={DEFAULT_LOCAL_RUNNER}", "--direct_num_workers=2",
+                               "--direct_running_mode=multi_processing"])
+    try:
+        with beam.Pipeline(runner=local_runner(options), options=options) as p:
+            seen = (p | beam.Create(list(range(40))) | beam.Reshuffle()
+                    | beam.Map(lambda _, server=server.pid: (
+                        worker.forked(), os.getppid() == server)))
+            assert_that(seen | beam.Distinct(), equal_to([(True, True), (False, False)]))
+    finally:
+        server.stop()
+    print("ok")
+"""
+
+
+@pytest.mark.slow
+def test_a_worker_the_fork_server_was_not_started_for_runs_the_harness_itself():
+    """The runner asks for more workers than the server forks: the server, by then a
+    reaper, no longer listens, and the extra worker's command imports Beam and runs the
+    harness itself; the pipeline runs on both."""
+    done = _run(_OVER_REQUEST)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["ok"]

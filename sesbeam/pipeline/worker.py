@@ -126,9 +126,15 @@ def _serve(listener: socket.socket, workers: int) -> None:
 
 
 def _read_all(conn: socket.socket) -> bytes:
+    """Everything ``conn`` receives until its end. A reset ends it too: a connection still
+    in the server's backlog when the server closes its listener (it has forked all its
+    workers) is reset without a byte, and the command then runs the harness itself."""
     chunks = []
-    while chunk := conn.recv(1 << 16):
-        chunks.append(chunk)
+    try:
+        while chunk := conn.recv(1 << 16):
+            chunks.append(chunk)
+    except ConnectionResetError:
+        pass
     return b"".join(chunks)
 
 
