@@ -17,6 +17,7 @@ from sesbeam.generate import generate_archive
 from sesbeam.pipeline.batch import run_batch
 from sesbeam.pipeline.cli import main
 from sesbeam.schemas import SCHEMA_VERSION, TABLES
+from sesbeam.transforms.write import PLAIN_COLUMNS
 from tests.conftest import DATA
 
 
@@ -104,6 +105,14 @@ def test_parquet_files_carry_schema_and_version(hand_run):
             assert meta.metadata[b"sesbeam.table"] == name.encode()
             assert pq.read_schema(f).remove_metadata().equals(schema.remove_metadata())
             assert (partition is None) == ("date=" not in str(f))
+            encodings = {meta.row_group(0).column(i).path_in_schema:
+                         meta.row_group(0).column(i).encodings
+                         for i in range(meta.num_columns)} if meta.num_row_groups else {}
+            for path, used in encodings.items():  # unique columns skip the dictionary
+                if schema.field(path.split(".")[0]).type == "bool":
+                    continue  # Parquet has no dictionary for booleans
+                assert ("RLE_DICTIONARY" in used) == (path.split(".")[0] not in PLAIN_COLUMNS), \
+                    (name, path, used)
 
 
 def test_duckdb_reads_the_output(hand_run):
