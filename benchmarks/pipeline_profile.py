@@ -9,6 +9,8 @@ runner executes, then prints both. A step's time includes what it yields to the 
 fused after it only when they run inside its generator; ``stage`` lines are the runner's
 own accounting of each stage, shuffles included. Unlike ``stages.py`` (plain functions),
 this sees Beam's own costs: encoding between stages, the grouping buffers, bundles.
+The timers live in this process, so the run keeps to it (``--direct_num_workers 1``,
+which a large input would otherwise not get) unless the options say otherwise.
 """
 
 from __future__ import annotations
@@ -99,10 +101,14 @@ def main(argv=None) -> dict:
     original, execute = _timed_stages(stages)
     fn_runner.FnApiRunner._execute_bundle = execute
     output = args.output or tempfile.mkdtemp(prefix="sesbeam-profile-")
+    batch_args = [a for a in batch_args if a != "--"]
+    if not any(a.startswith(("--direct_num_workers", "--direct_running_mode"))
+               for a in batch_args):
+        batch_args += ["--direct_num_workers", "1"]
     start = time.perf_counter()
     try:
         summary = run_batch(["--input", args.archive, "--output", output, "--window", "1d",
-                             *[a for a in batch_args if a != "--"]])
+                             *batch_args])
     finally:
         wall = time.perf_counter() - start
         fn_runner.FnApiRunner._execute_bundle = original
