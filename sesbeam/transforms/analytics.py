@@ -3,10 +3,9 @@
 Each statistic is a pair of plain functions over Arrow: ``*_partial`` aggregates one batch
 into a small table with ``pyarrow.compute`` and numpy (``*_partials``: one such table per
 window, for all the windows of a batch in one pass), ``*_merge`` re-aggregates such
-tables. A
-``TableCombineFn`` turns the pair into a Beam ``CombineFn`` whose accumulator is a short
-list of partial tables, compacted by re-aggregation. Every count is additive, so partial
-results (streaming panes, parallel workers) sum to the exact totals.
+tables. A ``TableCombineFn`` turns the pair into a Beam ``CombineFn`` whose accumulator
+is a short list of partial tables, compacted by re-aggregation. Every count is additive,
+so partial results (streaming panes, parallel workers) sum to the exact totals.
 
 Windows are fixed, aligned to the epoch in UTC, and Beam's: ``FixedWindows`` with the
 runner's triggers. The streaming pipeline windows the messages themselves
