@@ -134,14 +134,16 @@ def test_a_command_left_in_the_backlog_of_a_closing_server_runs_the_harness_itse
     assert got == [None]
 
 
-_FORKED_PIPELINE = """
-    import os, sys
+_IMPORTS = """
+    import os
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
     from apache_beam.testing.util import assert_that, equal_to
     from sesbeam.pipeline import worker
     from sesbeam.pipeline.batch import DEFAULT_LOCAL_RUNNER, local_runner
+"""
 
+_IDLE_SERVER = """
     # A server asked for no worker is stopped, and reaped.
     assert worker.can_fork()
     idle = worker.ForkServer(1).start()
@@ -154,9 +156,13 @@ _FORKED_PIPELINE = """
     except ChildProcessError:
         print("stopped")
     worker._STOP_WAIT_S = stop_wait
+"""
 
-    assert worker.can_fork()  # the idle server started no thread here
-    server = worker.ForkServer(2).start()
+#: A pipeline on two worker processes, with a fork server started for FORKS of them: the
+#: kinds of worker its elements met, (forked, child of the server), must be KINDS.
+_ON_FORK_SERVER = """
+    assert worker.can_fork()  # no thread started here so far
+    server = worker.ForkServer(FORKS).start()
     options = PipelineOptions([f"--runner={DEFAULT_LOCAL_RUNNER}", "--direct_num_workers=2",
                                "--direct_running_mode=multi_processing"])
     try:
@@ -164,9 +170,8 @@ _FORKED_PIPELINE = """
             seen = (p | beam.Create(list(range(40))) | beam.Reshuffle()
                     | beam.Map(lambda _, server=server.pid: (
                         worker.forked(), os.getppid() == server, os.getpid())))
-            assert_that(seen | "Forked" >> beam.MapTuple(lambda f, p, pid: (f, p))
-                        | "OneKind" >> beam.Distinct(), equal_to([(True, True)]),
-                        label="AllForked")
+            assert_that(seen | "Kind" >> beam.MapTuple(lambda f, p, pid: (f, p))
+                        | "Kinds" >> beam.Distinct(), equal_to(KINDS), label="WorkerKinds")
             assert_that(seen | "Pid" >> beam.MapTuple(lambda f, p, pid: pid)
                         | "Pids" >> beam.Distinct()
                         | beam.combiners.Count.Globally(), equal_to([2]),
@@ -177,34 +182,15 @@ _FORKED_PIPELINE = """
 """
 
 
+def _on_fork_server(forks: int, kinds: list[tuple[bool, bool]]) -> str:
+    return _ON_FORK_SERVER.replace("FORKS", str(forks)).replace("KINDS", repr(kinds))
+
+
 @pytest.mark.slow
 def test_forked_workers_run_the_pipeline():
-    done = _run(_FORKED_PIPELINE)
+    done = _run(_IMPORTS + _IDLE_SERVER + _on_fork_server(2, [(True, True)]))
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split() == ["stopped", "ok"]
-
-
-_OVER_REQUEST = """
-    import os
-    import apache_beam as beam
-    from apache_beam.options.pipeline_options import PipelineOptions
-    from apache_beam.testing.util import assert_that, equal_to
-    from sesbeam.pipeline import worker
-    from sesbeam.pipeline.batch import DEFAULT_LOCAL_RUNNER, local_runner
-
-    server = worker.ForkServer(1).start()  # one fork for a runner that starts two workers
-    options = PipelineOptions([f"--runner={DEFAULT_LOCAL_RUNNER}", "--direct_num_workers=2",
-                               "--direct_running_mode=multi_processing"])
-    try:
-        with beam.Pipeline(runner=local_runner(options), options=options) as p:
-            seen = (p | beam.Create(list(range(40))) | beam.Reshuffle()
-                    | beam.Map(lambda _, server=server.pid: (
-                        worker.forked(), os.getppid() == server)))
-            assert_that(seen | beam.Distinct(), equal_to([(True, True), (False, False)]))
-    finally:
-        server.stop()
-    print("ok")
-"""
 
 
 @pytest.mark.slow
@@ -212,6 +198,6 @@ def test_a_worker_the_fork_server_was_not_started_for_runs_the_harness_itself():
     """The runner asks for more workers than the server forks: the server, by then a
     reaper, no longer listens, and the extra worker's command imports Beam and runs the
     harness itself; the pipeline runs on both."""
-    done = _run(_OVER_REQUEST)
+    done = _run(_IMPORTS + _on_fork_server(1, [(True, True), (False, False)]))
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split() == ["ok"]
