@@ -63,16 +63,21 @@ def _windows(table: pa.Table, size_ms: int | None) -> tuple[np.ndarray, np.ndarr
     return np.unique(starts, return_inverse=True)
 
 
+def _codes(column: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
+    """``(code of each row, distinct values)``: the column dictionary-encoded, null a
+    value of its own."""
+    encoded = pc.dictionary_encode(column.combine_chunks(), null_encoding="encode")
+    return encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64), encoded.dictionary
+
+
 def _groups(table: pa.Table, window: np.ndarray, column: str):
     """Rows grouped by (window index, value of ``column``, null included): ``(window of
     each group, value of each group, group of each row, number of groups)``, the groups
     ordered by window."""
-    encoded = pc.dictionary_encode(table.column(column).combine_chunks(),
-                                   null_encoding="encode")
-    k = len(encoded.dictionary)
-    codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    codes, values = _codes(table.column(column))
+    k = len(values)
     keys, group = np.unique(window * k + codes, return_inverse=True)
-    return keys // k, encoded.dictionary.take(pa.array(keys % k)), group, len(keys)
+    return keys // k, values.take(pa.array(keys % k)), group, len(keys)
 
 
 def _by_window(starts: np.ndarray, window: np.ndarray, table: pa.Table):
@@ -112,10 +117,15 @@ def verdict_partials(batch: pa.RecordBatch | pa.Table, size_ms: int | None,
     yield from _by_window(starts, window, counts)
 
 
+def _one_table(partials, batch, schema: pa.Schema) -> pa.Table:
+    """The single table of ``partials(batch, None)`` (an empty one when there is none)."""
+    tables = [table for _, table in partials(batch, None)]
+    return tables[0] if tables else schema.empty_table()
+
+
 def verdict_partial(batch: pa.RecordBatch | pa.Table) -> pa.Table:
     """Messages per (verdict, status) in ``batch``; WorkMail rows are left out."""
-    tables = [t for _, t in verdict_partials(batch, None)]
-    return tables[0] if tables else _VERDICT_PARTIAL.empty_table()
+    return _one_table(verdict_partials, batch, _VERDICT_PARTIAL)
 
 
 def _merge(tables: list[pa.Table], keys: list[str], schema: pa.Schema,
@@ -126,10 +136,8 @@ def _merge(tables: list[pa.Table], keys: list[str], schema: pa.Schema,
     table = pa.concat_tables(tables).combine_chunks()
     codes = np.zeros(table.num_rows, np.int64)
     for key in keys:
-        encoded = pc.dictionary_encode(table.column(key).combine_chunks(),
-                                       null_encoding="encode")
-        codes = codes * len(encoded.dictionary) + encoded.indices.to_numpy(
-            zero_copy_only=False)
+        key_codes, values = _codes(table.column(key))
+        codes = codes * len(values) + key_codes
     _, first, group = np.unique(codes, return_index=True, return_inverse=True)
     n = len(first)
     columns = {key: table.column(key).take(pa.array(first)) for key in keys}
@@ -204,8 +212,7 @@ def sender_partials(batch: pa.RecordBatch | pa.Table, size_ms: int | None,
 
 def sender_partial(batch: pa.RecordBatch | pa.Table) -> pa.Table:
     """Per-sender-domain counts, first and last seen of ``batch``."""
-    tables = [t for _, t in sender_partials(batch, None)]
-    return tables[0] if tables else _SENDER_PARTIAL.empty_table()
+    return _one_table(sender_partials, batch, _SENDER_PARTIAL)
 
 
 def sender_merge(tables: list[pa.Table]) -> pa.Table:
