@@ -295,3 +295,20 @@ def test_key_by_bucket_keeps_every_row_once_in_its_bucket():
         seen += part.to_pylist()
     key = lambda r: r["source_record"]  # noqa: E731
     assert sorted(seen, key=key) == sorted(table(rows).to_pylist(), key=key)
+
+
+def test_partition_of_rows_in_key_order_slices_them_as_they_are():
+    """Keys already in order skip the sort and its copy: same parts as for shuffled rows."""
+    import numpy as np
+
+    from sesbeam.transforms._arrow import partition
+
+    t = table(make_rows(500, seed=9))
+    keys = np.random.default_rng(1).integers(0, 7, t.num_rows)
+    order = np.argsort(keys, kind="stable")
+    in_order = t.take(pa.array(order))
+    shuffled = [(k, p.to_pylist()) for k, p in partition(t, keys)]
+    ordered = list(partition(in_order, keys[order]))
+    assert [(k, p.to_pylist()) for k, p in ordered] == shuffled
+    assert all(p.column(0).chunks[0].buffers()[-1].address ==  # views, not copies
+               in_order.column(0).chunks[0].buffers()[-1].address for _, p in ordered)

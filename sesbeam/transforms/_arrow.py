@@ -40,8 +40,8 @@ def compact(data: pa.RecordBatch | pa.Table) -> pa.RecordBatch | pa.Table:
 def partition(batch: pa.RecordBatch | pa.Table, keys: np.ndarray) -> Iterator[tuple[int, pa.Table]]:
     """Split ``batch`` by an integer key per row; yields ``(key, rows with that key)``.
 
-    One stable sort and one ``take``, then a zero-copy slice per key: O(n log n) whatever
-    the number of keys. The parts share the sorted copy's buffers; pickled (as Beam does
+    One stable sort and one ``take`` (none when the keys are in order already), then a
+    zero-copy slice per key: O(n log n) whatever the number of keys. The parts share the sorted copy's buffers; pickled (as Beam does
     between stages) each carries only its own rows (see the IPC reduction below).
     """
     table = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
@@ -53,12 +53,14 @@ def partition(batch: pa.RecordBatch | pa.Table, keys: np.ndarray) -> Iterator[tu
     if (keys == first).all():
         yield int(first), compact(table)
         return
-    order = np.argsort(keys, kind="stable")
-    sorted_keys = keys[order]
+    if (keys[1:] >= keys[:-1]).all():
+        sorted_keys, ordered = keys, table
+    else:
+        order = np.argsort(keys, kind="stable")
+        sorted_keys, ordered = keys[order], table.take(pa.array(order))
     cuts = np.flatnonzero(sorted_keys[1:] != sorted_keys[:-1]) + 1
     starts = np.concatenate(([0], cuts))
     ends = np.concatenate((cuts, [n]))
-    ordered = table.take(pa.array(order))
     for s, e in zip(starts, ends):
         yield int(sorted_keys[s]), ordered.slice(s, e - s)
 

@@ -80,14 +80,6 @@ def _groups(table: pa.Table, window: np.ndarray, column: str):
     return keys // k, values.take(pa.array(keys % k)), group, len(keys)
 
 
-def _by_window(starts: np.ndarray, window: np.ndarray, table: pa.Table):
-    """``(start, rows)`` for each window of ``table`` (rows ordered by ``window``)."""
-    cuts = np.flatnonzero(window[1:] != window[:-1]) + 1
-    bounds = np.concatenate(([0], cuts, [len(window)]))
-    for s, e in zip(bounds[:-1], bounds[1:]):
-        yield int(starts[window[s]]), table.slice(s, e - s)
-
-
 def verdict_partials(batch: pa.RecordBatch | pa.Table, size_ms: int | None,
                      ) -> Iterator[tuple[int, pa.Table]]:
     """``(window start, messages per (verdict, status))`` for each fixed window of
@@ -109,12 +101,8 @@ def verdict_partials(batch: pa.RecordBatch | pa.Table, size_ms: int | None,
             "status": statuses,
             "messages": np.bincount(group, minlength=n).astype(np.int64),
         }, schema=_VERDICT_PARTIAL))
-    counts = pa.concat_tables(parts)
-    window = np.concatenate(windows)
-    if len(starts) > 1:
-        order = np.argsort(window, kind="stable")
-        counts, window = counts.take(pa.array(order)), window[order]
-    yield from _by_window(starts, window, counts)
+    for index, counts in partition(pa.concat_tables(parts), np.concatenate(windows)):
+        yield int(starts[index]), counts
 
 
 def _one_table(partials, batch, schema: pa.Schema) -> pa.Table:
@@ -207,7 +195,8 @@ def sender_partials(batch: pa.RecordBatch | pa.Table, size_ms: int | None,
     np.maximum.at(last, group, times)
     columns["first_seen"] = pa.array(first).cast(TS)
     columns["last_seen"] = pa.array(last).cast(TS)
-    yield from _by_window(starts, group_window, pa.table(columns, schema=_SENDER_PARTIAL))
+    for index, counts in partition(pa.table(columns, schema=_SENDER_PARTIAL), group_window):
+        yield int(starts[index]), counts
 
 
 def sender_partial(batch: pa.RecordBatch | pa.Table) -> pa.Table:
